@@ -1,0 +1,145 @@
+"""The ``gapfit`` command: gap_fit's command line, serial or under mpirun/srun.
+
+Errors are one line on stderr (``gapfit: error: ...``) with exit status 2 for
+bad options and 1 otherwise, and no traceback unless ``verbosity=VERBOSE`` (or
+higher).  Under MPI, an error raised on one rank only is printed by that rank,
+prefixed ``[rank k/P]``, and the whole job is aborted through MPI_Abort so that
+nothing hangs; errors that every rank raises together are printed once by rank 0.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from . import __version__
+from .errors import ConfigError, GapfitError
+
+USAGE = """usage: gapfit at_file=train.xyz gap={distance_2b ... : soap ...} default_sigma={E F V H} [key=value ...]
+       mpirun -n P gapfit ...        (data-parallel fit, ScaLAPACK QR)
+       gapfit config_file=fit.cfg    (options from a file; '#' starts a comment)
+       gapfit --help                 (all options and their defaults)"""
+
+
+def _help_text() -> str:
+    from .options import GP_KEYS, TOP_LEVEL
+    lines = [USAGE, "", "Top-level options (gap_fit's; aliases after '/'):"]
+    for p in TOP_LEVEL.params:
+        names = " / ".join(p.names)
+        default = "MANDATORY" if p.mandatory else repr(p.default)
+        lines.append(f"  {names:58s} default {default}")
+    lines += ["", "Keys inside gap={...} besides the descriptor's own:"]
+    for p in GP_KEYS.params:
+        names = " / ".join(p.names)
+        default = "MANDATORY" if p.mandatory else repr(p.default)
+        lines.append(f"  {names:58s} default {default}")
+    lines += ["", "Descriptors: distance_2b, soap.  Kernels: ard_se (gaussian), dot_product.",
+              "Sparse methods: uniform, random, none, file, index_file (see README for the rest)."]
+    return "\n".join(lines)
+
+
+def _limit_blas_threads(comm):
+    """One BLAS thread per rank under MPI unless the user chose (OMP_NUM_THREADS etc.)."""
+    if comm.size > 1 and not any(k in os.environ for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                           "MKL_NUM_THREADS")):
+        try:
+            from threadpoolctl import threadpool_limits
+            return threadpool_limits(1)
+        except Exception:  # pragma: no cover
+            return None
+    return None
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(_help_text())
+        return 0
+    if argv and argv[0] in ("-V", "--version"):
+        print(f"gapfit {__version__}")
+        return 0
+    if not argv:
+        print(USAGE, file=sys.stderr)
+        print("gapfit: error: no options given (at_file, gap and default_sigma are mandatory)", file=sys.stderr)
+        return 2
+
+    from .parallel import get_comm, rank0_call, rank_prefix
+    try:
+        comm = get_comm()
+    except Exception as exc:  # mpi4py missing or MPI init failure
+        print(f"gapfit: error: cannot start MPI: {exc}", file=sys.stderr)
+        return 1
+    verbose = any(a.replace(" ", "").lower().startswith("verbosity=") and
+                  a.split("=", 1)[1].strip().upper() in ("VERBOSE", "NERD", "ANALYSIS") for a in argv)
+    limits = _limit_blas_threads(comm)
+    try:
+        from .options import parse_top_level, read_config_file
+
+        opts = parse_top_level(argv, read_file=lambda p: rank0_call(comm, read_config_file, p))
+        verbose = verbose or opts["verbosity"] in ("VERBOSE", "NERD", "ANALYSIS")
+        if comm.size > 1:
+            from .solvers import scalapack
+            scalapack.blacs_selftest(comm)
+            if not any(k in os.environ for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")):
+                scalapack.limit_blas_threads(comm)  # also caps the OpenBLAS that ScaLAPACK loaded
+        from .api import run_fit
+        from .extxyz import XyzFileSource
+
+        run_fit(opts, XyzFileSource(opts["at_file"]), comm=comm)
+        sys.stdout.flush()
+        return 0
+    except KeyboardInterrupt:
+        print(f"{rank_prefix(comm)}gapfit: interrupted", file=sys.stderr)
+        _abort_if_parallel(comm, 130)
+        return 130
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes one line and an exit status
+        return _report_failure(comm, exc, verbose)
+    finally:
+        if limits is not None:
+            limits.unregister() if hasattr(limits, "unregister") else None
+
+
+def _report_failure(comm, exc, verbose) -> int:
+    from .parallel import rank_prefix
+
+    collective = getattr(exc, "collective", False) or isinstance(exc, ConfigError) and not getattr(exc, "local", False)
+    if isinstance(exc, SystemExit):
+        raise exc
+    if isinstance(exc, GapfitError):
+        code = exc.exit_code
+        message = f"gapfit: error: {exc}"
+    elif isinstance(exc, MemoryError):
+        code = 1
+        message = "gapfit: error: out of memory: use more MPI ranks (or nodes) or fewer sparse points; dryrun=T estimates"
+    else:
+        code = 1
+        message = f"gapfit: internal error: {type(exc).__name__}: {exc}"
+        if not verbose:
+            message += " (rerun with verbosity=VERBOSE for the traceback)"
+        collective = getattr(exc, "collective", False)
+    if collective and comm.size > 1:
+        if comm.rank == 0:
+            _print_error(rank_prefix(comm) + message, exc, verbose)
+        sys.stdout.flush()
+        return code
+    _print_error(rank_prefix(comm) + message, exc, verbose)
+    _abort_if_parallel(comm, code)
+    return code
+
+
+def _print_error(message, exc, verbose):
+    sys.stdout.flush()
+    if verbose:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    print(message.replace("\n", " "), file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _abort_if_parallel(comm, code):
+    if comm.size > 1:
+        comm.abort(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Covariance assembly: rows of K_NM from descriptor gradients, chunk by chunk, and K_MM.
+
+For one coordinate with kernel k̃, sparse points s (cutoffs c_s) and instances x
+(cutoffs c(x)) of a chunk of frames (interface notes §3.3):
+
+* energy row of a frame: Σ_x k̃(x, s) c(x) c_s;
+* derivative rows: every gradient row r (instance x, atom a, direction k)
+  contributes C_r,k = [∇k̃(x, s)·∂x/∂r_a,k] c(x) c_s + k̃(x, s) ∂c/∂r_a,k c_s;
+  the force row (a, k) sums C_r,k over the rows of atom a, and the virial row
+  (l, k) sums C_r,k · pos_r,l over the frame.
+
+The C rows come from one matrix product of the stacked gradients with the sparse
+points per block (:meth:`gapfit.kernels.Kernel.contract`) and are summed into
+output rows with a sparse 0/1 (and position-weighted) matrix.  Gradients are
+never stored beyond one chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from .data import VIRIAL_COMPONENTS, FrameRows
+from .descriptors.base import DescriptorValues
+from .kernels import Kernel
+
+
+@dataclass
+class Coordinate:
+    """One fitted coordinate (gpCoordinates): descriptor, kernel and its columns in A."""
+
+    spec: object  # options.GapSpec
+    descriptor: object  # descriptors.base.Descriptor
+    kernel: Optional[Kernel] = None
+    sparse_cutoff: Optional[np.ndarray] = None
+    column: int = 0  # first column of this coordinate in K_NM
+
+    @property
+    def n_sparse(self) -> int:
+        return 0 if self.kernel is None else self.kernel.n_sparse
+
+
+# Bytes allowed for one block of gradient contributions C (n_rows × 3 × M doubles).
+DEFAULT_BLOCK_BYTES = 32 * 1024 ** 2
+
+
+def _row_layout(rows: Sequence[FrameRows]):
+    """Row offsets of each frame's energy, force and virial rows within a chunk."""
+    n = len(rows)
+    energy_row = np.full(n, -1, dtype=np.int64)
+    force_start = np.zeros(n, dtype=np.int64)
+    virial_start = np.full(n, -1, dtype=np.int64)
+    offset = 0
+    for f, r in enumerate(rows):  # per frame, not per atom
+        if r.has_energy:
+            energy_row[f] = offset
+            offset += 1
+        force_start[f] = offset
+        offset += 3 * r.force_atoms.size
+        if r.has_virial:
+            virial_start[f] = offset
+            offset += 6
+    return energy_row, force_start, virial_start, offset
+
+
+def k_nm_rows(coordinates: Sequence[Coordinate], frames_values: Sequence[Sequence[DescriptorValues]],
+              rows: Sequence[FrameRows], atom_counts: Sequence[int], n_columns: int,
+              block_bytes: int = DEFAULT_BLOCK_BYTES) -> np.ndarray:
+    """K_NM rows (not yet scaled by 1/σ) of a chunk of frames.
+
+    ``frames_values[f][c]`` are coordinate c's descriptor values (with gradients
+    where the frame has derivative targets) of chunk frame f; ``rows[f]`` its
+    targets; ``atom_counts[f]`` its number of atoms.
+    """
+    energy_row, force_start, virial_start, n_rows = _row_layout(rows)
+    out = np.zeros((n_rows, n_columns))
+    n_frames = len(rows)
+    # force row of every atom in the chunk (-1: masked or no forces)
+    atom_base = np.concatenate([[0], np.cumsum(atom_counts)]).astype(np.int64)
+    force_row_of_atom = np.full(int(atom_base[-1]), -1, dtype=np.int64)
+    for f, r in enumerate(rows):
+        if r.force_atoms.size:
+            force_row_of_atom[atom_base[f] + r.force_atoms] = force_start[f] + 3 * np.arange(r.force_atoms.size)
+
+    for c, coord in enumerate(coordinates):
+        vals = [frames_values[f][c] for f in range(n_frames)]
+        n_inst = np.array([v.n_desc for v in vals], dtype=np.int64)
+        if n_inst.sum() == 0:
+            continue
+        x = np.concatenate([v.x for v in vals])
+        cut = np.concatenate([v.cutoff for v in vals])
+        inst_frame = np.repeat(np.arange(n_frames), n_inst)
+        kernel = coord.kernel
+        sc = coord.sparse_cutoff
+        cols = slice(coord.column, coord.column + kernel.n_sparse)
+        block = kernel.prepare(x)
+
+        # energy rows
+        has_e = energy_row[inst_frame] >= 0
+        if np.any(has_e):
+            k_cut = block.k[has_e] * cut[has_e, None]
+            pe = sp.csr_matrix((np.ones(int(has_e.sum())), (energy_row[inst_frame[has_e]], np.arange(int(has_e.sum())))),
+                               shape=(n_rows, int(has_e.sum())))
+            out[:, cols] += (pe @ k_cut) * sc[None, :]
+
+        # derivative rows
+        grads = [(f, v) for f, v in enumerate(vals) if v.has_grad and v.grad_desc.size
+                 and (rows[f].force_atoms.size or rows[f].has_virial)]
+        if not grads:
+            continue
+        inst_base = np.concatenate([[0], np.cumsum(n_inst)]).astype(np.int64)
+        g_desc = np.concatenate([inst_base[f] + v.grad_desc for f, v in grads])
+        g_frame = np.concatenate([np.full(v.grad_desc.size, f) for f, v in grads])
+        g_atom = np.concatenate([atom_base[f] + v.grad_atom for f, v in grads])
+        g_x = np.concatenate([v.grad_x for _, v in grads]) if len(grads) > 1 else grads[0][1].grad_x
+        g_cut = np.concatenate([v.grad_cutoff for _, v in grads])
+        g_pos = np.concatenate([v.grad_pos for _, v in grads])
+        n_grad = g_desc.size
+        block_rows = max(1, int(block_bytes // (3 * kernel.n_sparse * 8 * 2)))
+        for start in range(0, n_grad, block_rows):
+            stop = min(n_grad, start + block_rows)
+            b = slice(start, stop)
+            desc = g_desc[b]
+            contrib = kernel.contract(block, desc, g_x[b])  # (nb, 3, M)
+            contrib *= cut[desc][:, None, None]
+            contrib += block.k[desc][:, None, :] * g_cut[b][:, :, None]
+            p = _derivative_map(force_row_of_atom[g_atom[b]], virial_start[g_frame[b]], g_pos[b], n_rows)
+            out[:, cols] += (p @ contrib.reshape(-1, kernel.n_sparse)) * sc[None, :]
+    return out
+
+
+def _derivative_map(force_row: np.ndarray, virial_start: np.ndarray, pos: np.ndarray, n_rows: int) -> sp.csr_matrix:
+    """Sparse map from gradient rows (r, k), flattened as 3r+k, to output rows."""
+    nb = force_row.size
+    col = np.arange(3 * nb).reshape(nb, 3)
+    rows_list, cols_list, data_list = [], [], []
+    has_f = force_row >= 0
+    if np.any(has_f):
+        rows_list.append((force_row[has_f, None] + np.arange(3)[None, :]).reshape(-1))
+        cols_list.append(col[has_f].reshape(-1))
+        data_list.append(np.ones(3 * int(has_f.sum())))
+    has_v = virial_start >= 0
+    if np.any(has_v):
+        for v_index, (l, k) in enumerate(VIRIAL_COMPONENTS):
+            rows_list.append(virial_start[has_v] + v_index)
+            cols_list.append(col[has_v, k])
+            data_list.append(pos[has_v, l])
+    if not rows_list:
+        return sp.csr_matrix((n_rows, 3 * nb))
+    return sp.csr_matrix((np.concatenate(data_list), (np.concatenate(rows_list), np.concatenate(cols_list))),
+                         shape=(n_rows, 3 * nb))
+
+
+def k_mm(coordinates: Sequence[Coordinate], sparse_jitter: float) -> np.ndarray:
+    """Block-diagonal K_MM with cutoff weights c_i c_j, plus ``sparse_jitter`` on the diagonal."""
+    m = sum(c.n_sparse for c in coordinates)
+    out = np.zeros((m, m))
+    for c in coordinates:
+        sl = slice(c.column, c.column + c.n_sparse)
+        sc = c.sparse_cutoff
+        out[sl, sl] = c.kernel.sparse_covariance() * sc[:, None] * sc[None, :]
+    out[np.diag_indices(m)] += sparse_jitter
+    return out

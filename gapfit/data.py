@@ -1,0 +1,453 @@
+"""Training targets, noise levels (σ), e0 and the distribution of frames over ranks.
+
+The rules follow gap_fit (``gap_fit_module.F90``; interface notes §3):
+
+* energies: E − Σ_i e0(Z_i); forces: −F (derivative observations); virials:
+  −W over the six lower-triangle components (1,1),(2,1),(3,1),(2,2),(3,2),(3,3),
+  with W from ``virial``, or W = −σ·V from ``stress`` when there is no virial;
+* σ per row: per-frame/per-atom overrides (absolute) > config_type group >
+  default, energy and virial σ scaled by √N when ``sigma_per_atom``;
+* each frame contributes its rows contiguously: energy, forces (atom-major,
+  x y z, masked atoms skipped), virial.  Row order does not change the
+  least-squares solution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from ase.data import atomic_numbers
+
+from .errors import ConfigError, DataError
+from .extxyz import Frame, FrameIndex, lookup
+from .options import split_fields
+
+N_ELEMENTS = 118
+VIRIAL_COMPONENTS = ((0, 0), (1, 0), (2, 0), (1, 1), (2, 1), (2, 2))  # (l, k) rows, gap_fit's order
+
+
+@dataclass(frozen=True)
+class TargetNames:
+    """The key names gap_fit looks up in each frame (``parameter_name_prefix`` applied)."""
+
+    energy: str
+    force: str
+    virial: str
+    stress: str
+    hessian: str
+    config_type: str
+    sigma: str
+    force_mask: str
+    local_property: str
+
+    @classmethod
+    def from_options(cls, values: Dict) -> "TargetNames":
+        p = values.get("parameter_name_prefix", "") or ""
+        names = cls(
+            energy=p + values["energy_parameter_name"],
+            force=p + values["force_parameter_name"],
+            virial=p + values["virial_parameter_name"],
+            stress=p + values["stress_parameter_name"],
+            hessian=p + values["hessian_parameter_name"],
+            config_type=p + values["config_type_parameter_name"],
+            sigma=p + values["kernel_regularisation_parameter_name"],
+            force_mask=p + values["force_mask_parameter_name"],
+            local_property=p + values["local_property_parameter_name"],
+        )
+        if values.get("sparsify_only_no_fit"):
+            # gap_fit ignores everything but energies when only sparsifying
+            ignore = "//IGNORE//"
+            names = cls(names.energy, ignore, ignore, ignore, ignore, names.config_type, names.sigma,
+                        names.force_mask, names.local_property)
+        return names
+
+
+# --------------------------------------------------------------------------------------
+# What a frame carries
+# --------------------------------------------------------------------------------------
+
+def _scalar(value, what, where) -> float:
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "if" or arr.size != 1:
+        raise DataError(f"{where}: {what} must be a single number, found {value!r}")
+    x = float(arr.reshape(-1)[0])
+    if not math.isfinite(x):
+        raise DataError(f"{where}: {what} is {x}")
+    return x
+
+
+def _matrix3(value, what, where, allow_voigt=False) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "if":
+        raise DataError(f"{where}: {what} must be numbers, found {value!r}")
+    flat = arr.astype(float).reshape(-1)
+    if flat.size == 9:
+        # extended XYZ 3x3 values are column-major, as QUIP reads them
+        m = flat.reshape(3, 3, order="F") if arr.ndim == 1 else arr.astype(float).reshape(3, 3)
+    elif flat.size == 6 and allow_voigt:
+        xx, yy, zz, yz, xz, xy = flat
+        m = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    else:
+        need = "6 (Voigt) or 9" if allow_voigt else "9"
+        raise DataError(f"{where}: {what} must have {need} components, found {flat.size}")
+    if not np.all(np.isfinite(m)):
+        raise DataError(f"{where}: {what} contains a NaN or infinity")
+    return m
+
+
+@dataclass
+class FrameLabels:
+    """The labels of one frame, as gap_fit reads them."""
+
+    has_energy: bool
+    has_forces: bool
+    has_virial: bool
+    config_type: str
+    n_force_atoms: int  # atoms whose forces are fitted (force_mask excludes)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.has_energy) + 3 * self.n_force_atoms * int(self.has_forces) + 6 * int(self.has_virial)
+
+
+def has_key(mapping: Dict, name: str) -> bool:
+    """Case-insensitive presence of a key (QUIP's Dictionary)."""
+    low = name.lower()
+    return any(k.lower() == low for k in mapping)
+
+
+def frame_labels(info: Dict, arrays: Dict, n_atoms: int, names: TargetNames, where: str) -> FrameLabels:
+    """Which targets a frame has (from its comment line and per-atom column names).
+
+    ``arrays`` needs the per-atom column names; values are needed only for the force mask.
+    """
+    if has_key(info, f"n_{names.hessian}"):
+        raise DataError(f"{where}: Hessian data (n_{names.hessian}) is not supported by gapfit")
+    if has_key(arrays, names.local_property) or has_key(info, names.local_property):
+        raise DataError(f"{where}: local-property data ('{names.local_property}') is not supported by gapfit")
+    has_energy = has_key(info, names.energy)
+    has_forces = has_key(arrays, names.force)
+    has_virial = has_key(info, names.virial) or has_key(info, names.stress)
+    ct = lookup(info, names.config_type)
+    config_type = str(ct) if ct is not None else "default"
+    mask = lookup(arrays, names.force_mask)
+    n_force_atoms = n_atoms
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.dtype != bool:
+            raise DataError(f"{where}: force mask '{names.force_mask}' must be a logical (L) column")
+        n_force_atoms = int(n_atoms - mask.sum())
+    return FrameLabels(has_energy, has_forces, has_virial, config_type, n_force_atoms)
+
+
+def energy_of(info: Dict, names: TargetNames, where: str) -> Optional[float]:
+    value = lookup(info, names.energy)
+    return None if value is None else _scalar(value, f"energy '{names.energy}'", where)
+
+
+# --------------------------------------------------------------------------------------
+# σ per config_type (config_type_sigma)
+# --------------------------------------------------------------------------------------
+
+class SigmaTable:
+    """σ_E, σ_F, σ_V, σ_H per config_type group, with gap_fit's ``default`` fallback."""
+
+    def __init__(self, default_sigma: Sequence[float], config_type_sigma: str = ""):
+        self.groups: Dict[str, np.ndarray] = {}
+        if config_type_sigma.strip():
+            fields = split_fields(config_type_sigma, separators=" :;", what="config_type_sigma")
+            if len(fields) % 5 != 0:
+                raise ConfigError(f"config_type_sigma must be groups of 5 fields (name:energy:force:virial:hessian); "
+                                  f"got {len(fields)} fields")
+            for g in range(0, len(fields), 5):
+                name = fields[g]
+                try:
+                    values = [float(f.replace("d", "e").replace("D", "E")) for f in fields[g + 1:g + 5]]
+                except ValueError:
+                    raise ConfigError(f"config_type_sigma group '{name}' must have 4 numbers; "
+                                      f"got {' '.join(fields[g + 1:g + 5])!r}") from None
+                if any(v < 0 or not math.isfinite(v) for v in values):
+                    raise ConfigError(f"config_type_sigma group '{name}' has a negative or non-finite σ")
+                self.groups[name] = np.array(values)
+        if "default" not in self.groups:
+            self.groups["default"] = np.array(default_sigma, dtype=float)
+
+    def names(self) -> List[str]:
+        return list(self.groups)
+
+    def __call__(self, config_type: str) -> np.ndarray:
+        return self.groups.get(config_type, self.groups["default"])
+
+
+# --------------------------------------------------------------------------------------
+# Rows of one frame: targets and σ
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class FrameRows:
+    """y and σ of one frame's rows, with the atom/component map of force rows."""
+
+    y: np.ndarray
+    sigma: np.ndarray
+    has_energy: bool
+    force_atoms: np.ndarray  # atoms with force rows (3 rows each), in row order
+    has_virial: bool
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.y.shape[0])
+
+
+def frame_rows(frame: Frame, names: TargetNames, sigmas: SigmaTable, e0: np.ndarray, sigma_per_atom: bool) -> FrameRows:
+    """Targets and σ of a parsed frame, validated (finite values, σ > 0)."""
+    where = frame.where
+    info, arrays = frame.info, frame.arrays
+    n = len(frame)
+    labels = frame_labels(info, arrays, n, names, where)
+    group = sigmas(labels.config_type)
+    sq = math.sqrt(n) if sigma_per_atom else 1.0
+    s = names.sigma
+    y: List[np.ndarray] = []
+    sig: List[np.ndarray] = []
+
+    if labels.has_energy:
+        energy = energy_of(info, names, where) - float(np.sum(e0[frame.numbers]))
+        override = lookup(info, f"energy_{s}")
+        e_sigma = _scalar(override, f"energy_{s}", where) if override is not None else group[0] * sq
+        if not e_sigma > 0:
+            raise DataError(f"{where}: the energy σ is {e_sigma} (it must be greater than 0; "
+                            f"check default_sigma, config_type_sigma or energy_{s})")
+        y.append(np.array([energy]))
+        sig.append(np.array([e_sigma]))
+
+    force_atoms = np.zeros(0, dtype=np.int64)
+    if labels.has_forces:
+        forces = np.asarray(lookup(arrays, names.force))
+        if forces.dtype.kind not in "if" or forces.shape != (n, 3):
+            raise DataError(f"{where}: forces '{names.force}' must be a per-atom column of 3 reals (R:3)")
+        forces = forces.astype(float)
+        if not np.all(np.isfinite(forces)):
+            bad = int(np.argwhere(~np.isfinite(forces))[0, 0])
+            raise DataError(f"{where}: the force on atom {bad + 1} ('{names.force}') is not finite")
+        mask = lookup(arrays, names.force_mask)
+        keep = np.ones(n, dtype=bool) if mask is None else ~np.asarray(mask, dtype=bool)
+        force_atoms = np.nonzero(keep)[0]
+        f_sigma = np.full((n, 3), group[1])
+        override = lookup(info, f"force_{s}")
+        if override is not None:
+            f_sigma[:] = _scalar(override, f"force_{s}", where)
+        atom_sigma = lookup(arrays, f"force_atom_{s}")
+        if atom_sigma is not None:
+            atom_sigma = np.asarray(atom_sigma, dtype=float).reshape(-1)
+            f_sigma[:] = atom_sigma[:, None]
+        comp_sigma = lookup(arrays, f"force_component_{s}")
+        if comp_sigma is not None:
+            f_sigma = np.asarray(comp_sigma, dtype=float).reshape(n, 3)
+        f_sigma = f_sigma[force_atoms]
+        if f_sigma.size and not np.all(f_sigma > 0):
+            bad = int(np.argwhere(~(f_sigma > 0))[0, 0])
+            raise DataError(f"{where}: the force σ of atom {force_atoms[bad] + 1} is {f_sigma[bad].min()} "
+                            f"(it must be greater than 0; check default_sigma, config_type_sigma or force_*_{s})")
+        y.append(-forces[force_atoms].reshape(-1))
+        sig.append(f_sigma.reshape(-1))
+
+    if labels.has_virial:
+        virial_value = lookup(info, names.virial)
+        if virial_value is not None:
+            w = _matrix3(virial_value, f"virial '{names.virial}'", where)
+        else:
+            stress = _matrix3(lookup(info, names.stress), f"stress '{names.stress}'", where, allow_voigt=True)
+            w = -stress * frame.volume
+        w = 0.5 * (w + w.T)
+        override = lookup(info, f"virial_{s}")
+        v_sigma = _scalar(override, f"virial_{s}", where) if override is not None else group[2] * sq
+        comp = lookup(info, f"virial_component_{s}")
+        if comp is not None:
+            cs = _matrix3(comp, f"virial_component_{s}", where)
+            cs = 0.5 * (cs + cs.T)
+            v_sig = np.array([cs[l, k] for l, k in VIRIAL_COMPONENTS])
+        else:
+            v_sig = np.full(6, v_sigma)
+        if not np.all(v_sig > 0):
+            raise DataError(f"{where}: the virial σ is {v_sig.min()} (it must be greater than 0; "
+                            f"check default_sigma, config_type_sigma or virial_{s})")
+        y.append(np.array([-w[l, k] for l, k in VIRIAL_COMPONENTS]))
+        sig.append(v_sig)
+
+    y_all = np.concatenate(y) if y else np.zeros(0)
+    s_all = np.concatenate(sig) if sig else np.zeros(0)
+    return FrameRows(y=y_all, sigma=s_all, has_energy=labels.has_energy, force_atoms=force_atoms,
+                     has_virial=labels.has_virial)
+
+
+# --------------------------------------------------------------------------------------
+# Species and e0
+# --------------------------------------------------------------------------------------
+
+def species_in_order(entries: Sequence[FrameIndex]) -> List[int]:
+    """Atomic numbers in order of first appearance in the file (gap_fit's species order)."""
+    seen: Dict[int, None] = {}
+    for e in entries:
+        _, first = np.unique(e.numbers, return_index=True)
+        for z in e.numbers[np.sort(first)]:
+            seen.setdefault(int(z), None)
+    return list(seen)
+
+
+def parse_e0(text: str) -> np.ndarray:
+    """``e0=`` as one number for every element, or ``{Si:-158.5:O:-432.1}``; index = Z."""
+    e0 = np.zeros(N_ELEMENTS + 1)
+    text = text.strip()
+    if text.startswith("{") and text.endswith("}"):
+        text = text[1:-1]
+    fields = split_fields(text, separators=":", quotes={"{": "}"}, what="e0")
+    fields = [f.strip() for f in fields]
+    if len(fields) == 1:
+        try:
+            e0[1:] = float(fields[0].replace("d", "e").replace("D", "E"))
+        except ValueError:
+            raise ConfigError(f"the 'e0' key must be a number or {{Symbol:value:...}}; got {text!r}") from None
+        return e0
+    if len(fields) % 2:
+        raise ConfigError(f"the 'e0' key must be pairs like {{Si:-158.5:O:-432.1}}; got {len(fields)} fields in {text!r}")
+    for k in range(0, len(fields), 2):
+        sym, val = fields[k], fields[k + 1]
+        z = atomic_numbers.get(sym.capitalize())
+        if not z:
+            raise ConfigError(f"the 'e0' key names an unknown element '{sym}'")
+        try:
+            e0[z] = float(val.replace("d", "e").replace("D", "E"))
+        except ValueError:
+            raise ConfigError(f"the 'e0' value of {sym} must be a number; got {val!r}") from None
+    return e0
+
+
+def isolated_atom_energies(single_atom_frames: Sequence[Frame], names: TargetNames, max_cutoff: float,
+                           neighbour_list) -> Dict[int, Tuple[float, Frame]]:
+    """e0 candidates: one-atom frames with an energy and no neighbour within ``max_cutoff``."""
+    found: Dict[int, Tuple[float, Frame]] = {}
+    for frame in single_atom_frames:
+        energy = energy_of(frame.info, names, frame.where)
+        if energy is None:
+            continue
+        nl = neighbour_list(frame.positions, frame.cell, frame.pbc, max_cutoff)
+        if nl.n_pairs:
+            continue
+        z = int(frame.numbers[0])
+        if z in found:
+            raise DataError(f"{frame.where}: a second isolated-atom frame of element Z={z} "
+                            f"(the first is {found[z][1].where}); e0 would be ambiguous")
+        found[z] = (energy, frame)
+    return found
+
+
+def compute_e0(values: Dict, given: Dict, entries: Sequence[FrameIndex], single_atom_frames: Sequence[Frame],
+               species: Sequence[int], names: TargetNames, max_cutoff: float, neighbour_list) -> Tuple[np.ndarray, str]:
+    """e0 per element (index = Z) and a one-line description of how it was set."""
+    if "e0" in given:
+        e0 = parse_e0(values["e0"])
+        how = f"e0 given: {values['e0']}"
+    elif values["e0_method"] == "isolated":
+        found = isolated_atom_energies(single_atom_frames, names, max_cutoff, neighbour_list)
+        missing = [z for z in species if z not in found]
+        if missing:
+            from ase.data import chemical_symbols
+            sym = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in missing)
+            raise DataError(f"e0_method=isolated needs a single-atom frame with '{names.energy}' and no neighbour "
+                            f"within {max_cutoff} Å for every species; none for {sym}. "
+                            f"Give e0={{...}} or use e0_method=average")
+        e0 = np.zeros(N_ELEMENTS + 1)
+        for z, (energy, _) in found.items():
+            e0[z] = energy
+        how = "e0 from isolated atoms"
+    else:
+        total, count = 0.0, 0
+        for e in entries:
+            energy = energy_of(e.info, names, f"frame {e.index + 1}")
+            if energy is not None:
+                total += energy / e.n_atoms
+                count += 1
+        e0 = np.zeros(N_ELEMENTS + 1)
+        e0[1:] = total / count if count else 0.0
+        how = f"e0 = average energy per atom over {count} frames"
+    if "e0_offset" in given:
+        e0[1:] += values["e0_offset"]
+        how += f", plus e0_offset={values['e0_offset']}"
+    if "e0" not in given:
+        present = np.zeros(N_ELEMENTS + 1, dtype=bool)
+        present[list(species)] = True
+        e0[~present] = 0.0
+    return e0, how
+
+
+# --------------------------------------------------------------------------------------
+# Distribution over ranks (the paper's greedy balance; gap_fit's task_manager)
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class Distribution:
+    """Which rank owns which frame, and which rows of U each rank holds."""
+
+    owner: np.ndarray  # (n_frames,) rank of each frame
+    frame_rows: np.ndarray  # (n_frames,) rows each frame contributes
+    data_rows: np.ndarray  # (n_ranks,) data rows per rank
+    u_start: np.ndarray  # (n_ranks,) first row of U held by each rank
+    u_count: np.ndarray  # (n_ranks,) rows of U held by each rank
+
+    @property
+    def n_ranks(self) -> int:
+        return int(self.data_rows.shape[0])
+
+    @property
+    def unified_rows(self) -> int:
+        """Rows every rank's block must hold (before rounding up to the block size)."""
+        return int(np.max(self.data_rows + self.u_count)) if self.n_ranks else 0
+
+    def frames_of(self, rank: int) -> np.ndarray:
+        return np.nonzero(self.owner == rank)[0]
+
+
+def assign_frames(frame_rows: Sequence[int], n_ranks: int) -> np.ndarray:
+    """Greedy longest-first assignment: the owner rank of every frame.
+
+    Frames are taken heaviest first (ties: later frames first, as gap_fit's stable
+    ascending sort walked backwards) and each goes to the rank with the fewest
+    rows so far (the lowest rank on ties).  Every rank computes the same result.
+    """
+    weights = np.asarray(frame_rows, dtype=np.int64)
+    order = np.argsort(weights, kind="stable")[::-1]
+    load = np.zeros(n_ranks, dtype=np.int64)
+    owner = np.empty(weights.shape[0], dtype=np.int64)
+    for f in order:  # one step per frame, no numerical work
+        r = int(np.argmin(load))
+        owner[f] = r
+        load[r] += weights[f]
+    return owner
+
+
+def distribute(frame_rows: Sequence[int], n_ranks: int, n_sparse: int, owner: Optional[np.ndarray] = None) -> Distribution:
+    """Frames to ranks (:func:`assign_frames`), then the M rows of U into the gaps.
+
+    U's rows first fill each rank's gap up to the most loaded rank, then the rest
+    is spread evenly (gap_fit's shared task).
+    """
+    weights = np.asarray(frame_rows, dtype=np.int64)
+    if owner is None:
+        owner = assign_frames(weights, n_ranks)
+    load = np.bincount(owner, weights=weights, minlength=n_ranks).astype(np.int64)
+    unified = int(load.max()) if n_ranks else 0
+    padding = unified - load
+    remainder = max(n_sparse - int(padding.sum()), 0)
+    n_split, extra = divmod(remainder, n_ranks)
+    u_start = np.zeros(n_ranks, dtype=np.int64)
+    u_count = np.zeros(n_ranks, dtype=np.int64)
+    offset = 0
+    for r in range(n_ranks):
+        want = int(padding[r]) + n_split + (1 if r < extra else 0)
+        take = min(want, n_sparse - offset)
+        u_start[r], u_count[r] = offset, take
+        offset += take
+    return Distribution(owner=owner, frame_rows=weights, data_rows=load, u_start=u_start, u_count=u_count)

@@ -1,0 +1,1 @@
+"""Linear solvers: serial LAPACK QR and distributed ScaLAPACK QR."""

@@ -1,0 +1,56 @@
+"""Serial solve: Cholesky of K_MM and Householder QR of A = [Λ^-1/2 K_NM ; U] through LAPACK.
+
+Never the normal equations: they lose several digits (interface notes §3.4).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg as sla
+from scipy.linalg import lapack
+
+from ..errors import NumericalError
+
+
+def cholesky_upper(k_mm: np.ndarray, sparse_jitter: float) -> np.ndarray:
+    """Upper factor U with K_MM = UᵀU (LAPACK dpotrf on the lower triangle, as gap_fit)."""
+    m = k_mm.shape[0]
+    lower, info = lapack.dpotrf(k_mm, lower=1, clean=1)
+    if info != 0:
+        where = f"leading minor of order {info}" if info > 0 else f"argument {-info}"
+        raise NumericalError(
+            f"K_MM ({m}x{m}) is not positive definite ({where}): increase sparse_jitter (now {sparse_jitter:g}), "
+            f"or check for duplicate sparse points and a descriptor whose values are all equal")
+    return np.ascontiguousarray(lower.T)
+
+
+def qr_solve(a: np.ndarray, b: np.ndarray, overwrite: bool = True):
+    """Least-squares solution of min ‖a·x − b‖ by Householder QR (dgeqrf, dormqr, trtrs).
+
+    ``a`` should be Fortran-ordered (it is factorised in place when
+    ``overwrite``).  Returns ``(x, r)`` with the upper-triangular R.
+    """
+    n_rows, n_cols = a.shape
+    if n_rows < n_cols:
+        raise NumericalError(f"the linear system has {n_rows} rows for {n_cols} unknowns")
+    a = np.asfortranarray(a)
+    lwork, info = lapack.dgeqrf_lwork(n_rows, n_cols)
+    qr, tau, _, info = lapack.dgeqrf(a, lwork=int(lwork), overwrite_a=int(overwrite))
+    if info != 0:
+        raise NumericalError(f"LAPACK dgeqrf failed (info={info}) on a {n_rows}x{n_cols} matrix")
+    c = np.asfortranarray(np.asarray(b, dtype=float).reshape(-1, 1).copy())
+    _, work, info = lapack.dormqr("L", "T", qr, tau, c, lwork=-1)
+    lwork_q = int(np.real(np.ravel(work)[0]))
+    c, _, info = lapack.dormqr("L", "T", qr, tau, c, lwork=max(lwork_q, n_cols, 1), overwrite_c=1)
+    if info != 0:
+        raise NumericalError(f"LAPACK dormqr failed (info={info})")
+    r = np.triu(qr[:n_cols, :n_cols])
+    diag = np.abs(np.diag(r))
+    if diag.size and (diag.min() == 0.0 or not np.all(np.isfinite(diag))):
+        k = int(np.argmin(diag)) + 1
+        raise NumericalError(f"the QR factor R is singular at diagonal element {k} of {n_cols}: "
+                             f"increase sparse_jitter or check for duplicate sparse points")
+    x = sla.solve_triangular(r, c[:n_cols, 0], lower=False)
+    if not np.all(np.isfinite(x)):
+        raise NumericalError("the solution contains NaN or infinity: check the data for extreme values")
+    return x, r

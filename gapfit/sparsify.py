@@ -1,0 +1,348 @@
+"""Choosing sparse points (gap_fit's ``sparse_method``; GAP ``gp_fit.F90``, ``clustering.F90``).
+
+All candidates of a coordinate are its descriptor instances in data order
+(frames in file order, instances in QUIP's order).  Before any selection,
+duplicates are excluded as gap_fit does: instances are ordered by the L1 norm of
+their vector with QUIP's heap sort (its tie order decides which of two equal
+instances survives), and of two neighbours in that order whose norms differ by
+less than ``unique_hash_tolerance`` and whose components differ by less than
+``unique_descriptor_tolerance``, the earlier one is dropped.
+
+Selected indices are sorted ascending, so sparse points follow data order.  All
+random choices use one explicit :class:`numpy.random.Generator` (``rnd_seed``);
+gap_fit's Fortran random stream is not reproduced, so ``random`` (and the random
+fill of ``uniform``) choose different, equally valid points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+
+METHODS_NEEDING_CANDIDATES = ("random", "uniform", "none", "index_file", "cur_points", "cur_covariance",
+                              "pivot", "kmeans", "fuzzy", "cluster", "covariance")
+
+
+def quip_heap_sort_order(keys: np.ndarray) -> np.ndarray:
+    """The permutation QUIP's ``heap_sort`` applies to ``keys`` (ascending, QUIP's tie order).
+
+    A plain sift-down heap sort whose tie behaviour (the right child wins between
+    equal children) differs from NumPy's; it is sequential by nature, about 3 µs
+    per element in Python.
+    """
+    a = [0.0] + [float(k) for k in keys]
+    idx = list(range(-1, len(keys)))
+    n = len(keys)
+
+    def siftdown(root, bottom):
+        while root * 2 <= bottom:
+            c = root * 2
+            if c != bottom and not (a[c] > a[c + 1]):
+                c += 1
+            if a[root] < a[c]:
+                a[root], a[c] = a[c], a[root]
+                idx[root], idx[c] = idx[c], idx[root]
+                root = c
+            else:
+                return
+
+    for i in range(n // 2, 0, -1):
+        siftdown(i, n)
+    for i in range(n, 1, -1):
+        a[1], a[i] = a[i], a[1]
+        idx[1], idx[i] = idx[i], idx[1]
+        siftdown(1, i - 1)
+    return np.array(idx[1:], dtype=np.int64)
+
+
+def unique_mask(x: np.ndarray, candidate: np.ndarray, hash_tolerance: float, descriptor_tolerance: float) -> np.ndarray:
+    """``candidate`` with gap_fit's duplicates removed (see module docstring)."""
+    keep = candidate.copy()
+    idx = np.nonzero(candidate)[0]
+    if idx.size < 2:
+        return keep
+    hashes = np.abs(x[idx]).sum(axis=1)
+    order = idx[quip_heap_sort_order(hashes)]
+    h = np.abs(x[order]).sum(axis=1)
+    close = np.abs(h[:-1] - h[1:]) < hash_tolerance
+    pairs = np.nonzero(close)[0]
+    if pairs.size:
+        diff = np.abs(x[order[pairs + 1]] - x[order[pairs]]).max(axis=1)
+        drop = order[pairs[diff < descriptor_tolerance]]
+        keep[drop] = False
+    return keep
+
+
+def _nint(t: np.ndarray) -> np.ndarray:
+    """Fortran NINT: round half away from zero."""
+    r = np.round(t)
+    frac = t - np.trunc(t)
+    half = np.abs(frac) == 0.5
+    r[half] = np.trunc(t[half]) + np.sign(t[half])
+    return r.astype(np.int64)
+
+
+def select_uniform(x: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+    """gap_fit's ``uniform``: the first point of each new histogram bin in data order, then random fill.
+
+    The grid has ⌈m^(1/d)⌉ bins per dimension over [min, max] (bin of a value:
+    NINT((x − min)/range·(n_grid − 1))).
+    """
+    n, d = x.shape
+    if n < m:
+        raise DataError(f"uniform sparsification: {n} candidates < {m} sparse points")
+    lower = x.min(axis=0)
+    x_range = x.max(axis=0) - lower
+    n_grid = int(np.ceil(float(m) ** (1.0 / d)))
+    if d * np.log(max(n_grid, 2)) > np.log(2.0 ** 63):
+        raise ConfigError(f"sparse_method=uniform cannot grid a {d}-dimensional descriptor "
+                          f"({n_grid}^{d} bins); use cur_points or random")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = (x - lower) / x_range * (n_grid - 1)
+    t[:, x_range == 0] = 0.0
+    bins = _nint(t)
+    weights = n_grid ** np.arange(d, dtype=np.int64)
+    flat = bins @ weights
+    _, first = np.unique(flat, return_index=True)
+    chosen = list(np.sort(first)[:m])
+    if len(chosen) < m:
+        # gap_fit's random fill: a random bin (of all n_grid^d), skipped if empty or used up,
+        # then random points until one of that bin not yet chosen turns up
+        n_bins = n_grid ** d
+        members: Dict[int, np.ndarray] = {}
+        taken: Dict[int, int] = {}
+        chosen_set = set(chosen)
+        for c in chosen:
+            taken[int(flat[c])] = taken.get(int(flat[c]), 0) + 1
+        uniform = getattr(rng, "quip_uniform", None) or (lambda: float(rng.random()))
+        while len(chosen) < m:
+            b = int(np.ceil(uniform() * n_bins)) - 1
+            if b not in members:
+                members[b] = np.nonzero(flat == b)[0]
+            if members[b].size == 0 or taken.get(b, 0) == members[b].size:
+                continue
+            while True:
+                i = int(np.ceil(uniform() * n)) - 1
+                if flat[i] == b and i not in chosen_set:
+                    break
+            chosen.append(i)
+            chosen_set.add(i)
+            taken[b] = taken.get(b, 0) + 1
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def select_random(n: int, m: int, rng) -> np.ndarray:
+    """m distinct uniform random indices (gap_fit uses the Fortran intrinsic stream: not reproduced)."""
+    return np.sort(rng.choice(n, size=m, replace=False)).astype(np.int64)
+
+
+def read_sparse_file(path: str, d: int, where: str):
+    """``sparse_method=file``: per point one cutoff then d values (any whitespace)."""
+    try:
+        with open(path) as fh:
+            numbers = fh.read().split()
+    except FileNotFoundError:
+        raise ConfigError(f"sparse_file '{path}' {where} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"sparse_file '{path}' {where} cannot be read: {exc.strerror}") from None
+    try:
+        values = np.array([float(v.replace("d", "e").replace("D", "E")) for v in numbers])
+    except ValueError:
+        raise ConfigError(f"sparse_file '{path}' {where} contains something that is not a number") from None
+    if values.size == 0 or values.size % (d + 1):
+        hint = ""
+        if values.size and values.size % d == 0:
+            hint = (" (it looks like a gp_file.sparseX.* file without cutoffs: convert it with "
+                    "scripts/gap_prepare_sparsex_input.py)")
+        raise ConfigError(f"sparse_file '{path}' {where} has {values.size} numbers, not a multiple of "
+                          f"dimensions+1 = {d + 1} (one cutoff then {d} values per point){hint}")
+    table = values.reshape(-1, d + 1)
+    return table[:, 1:].copy(), table[:, 0].copy()
+
+
+def read_index_file(path: str, n_candidates: int, where: str) -> np.ndarray:
+    """``sparse_method=index_file``: 1-based indices into the coordinate's instances."""
+    try:
+        with open(path) as fh:
+            tokens = fh.read().split()
+    except FileNotFoundError:
+        raise ConfigError(f"sparse_file '{path}' {where} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"sparse_file '{path}' {where} cannot be read: {exc.strerror}") from None
+    try:
+        idx = np.array([int(t) for t in tokens], dtype=np.int64)
+    except ValueError:
+        raise ConfigError(f"sparse_file '{path}' {where} must hold integer indices") from None
+    if idx.size == 0:
+        raise ConfigError(f"sparse_file '{path}' {where} is empty")
+    bad = idx[(idx < 1) | (idx > n_candidates)]
+    if bad.size:
+        raise ConfigError(f"sparse_file '{path}' {where}: index {bad[0]} is outside 1..{n_candidates} "
+                          f"(the number of descriptor instances)")
+    return idx - 1
+
+
+@dataclass
+class SparseChoice:
+    """The sparse points of one coordinate."""
+
+    x: np.ndarray  # (M, d)
+    cutoff: np.ndarray  # (M,)
+    index: Optional[np.ndarray]  # 0-based indices into the candidates, None for file input
+
+
+def choose_sparse_points(spec, x: Optional[np.ndarray], cutoff: Optional[np.ndarray], config_type: Optional[np.ndarray],
+                         config_type_names: Sequence[str], d: int, rng: np.random.Generator, log=print) -> SparseChoice:
+    """Select one coordinate's sparse points with ``spec.gp['sparse_method']``.
+
+    ``x``, ``cutoff`` and ``config_type`` (index into ``config_type_names``) are
+    all candidate instances in data order (None for ``file``, which needs none).
+    """
+    gp = spec.gp
+    method = gp["sparse_method"]
+    where = spec.where
+    if method == "file":
+        sx, sc = read_sparse_file(gp["sparse_file"], d, where)
+        if gp["n_sparse"] and gp["n_sparse"] != sx.shape[0]:
+            raise ConfigError(f"n_sparse={gp['n_sparse']} {where} does not match the {sx.shape[0]} points "
+                              f"in sparse_file '{gp['sparse_file']}'")
+        return SparseChoice(sx, sc, None)
+    n_all = x.shape[0]
+    if n_all == 0:
+        raise DataError(f"descriptor {spec.index} ({spec.piece.strip()}) found no environments in the data: "
+                        f"check its cutoff and species (Z, Z1, Z2)")
+    if method == "index_file":
+        index = read_index_file(gp["sparse_file"], n_all, where)
+        if gp["n_sparse"] and gp["n_sparse"] != index.size:
+            raise ConfigError(f"n_sparse={gp['n_sparse']} {where} does not match the {index.size} indices "
+                              f"in sparse_file '{gp['sparse_file']}'")
+        index = np.sort(index)
+        return SparseChoice(x[index], cutoff[index], index)
+    candidate = unique_mask(x, np.ones(n_all, dtype=bool), gp["unique_hash_tolerance"],
+                            gp["unique_descriptor_tolerance"])
+    n_x = int(candidate.sum())
+    if method == "none":
+        index = np.nonzero(candidate)[0]
+        log(f"  sparse_method=none: using all {index.size} distinct instances of descriptor {spec.index}")
+        return SparseChoice(x[index], cutoff[index], index)
+    selector = _SELECTORS.get(method)
+    if selector is None:
+        raise ConfigError(f"sparse_method={method} {where} is not implemented in gapfit yet "
+                          f"(available: uniform, random, none, file, index_file)")
+    groups: List[np.ndarray] = []
+    if gp["n_sparse"] > 0:
+        m = gp["n_sparse"]
+        if n_x < m:
+            log(f"  warning: descriptor {spec.index} has {n_x} distinct instances, fewer than n_sparse={m}; "
+                f"using {n_x}")
+            m = n_x
+        pool = np.nonzero(candidate)[0]
+        groups.append(pool[selector(x[pool], m, rng)])
+    else:
+        per_type = parse_config_type_n_sparse(gp["config_type_n_sparse"], where)
+        for name, m in per_type.items():
+            if m == 0:
+                continue
+            if name in config_type_names:
+                t = config_type_names.index(name)
+                pool = np.nonzero(candidate & (config_type == t))[0]
+            else:
+                pool = np.zeros(0, dtype=np.int64)
+            if pool.size < m:
+                log(f"  warning: config_type '{name}' of descriptor {spec.index} has {pool.size} distinct "
+                    f"instances, fewer than {m}; using {pool.size}")
+                m = pool.size
+            if m:
+                groups.append(pool[selector(x[pool], m, rng)])
+    index = np.sort(np.concatenate(groups)) if groups else np.zeros(0, dtype=np.int64)
+    if index.size == 0:
+        raise DataError(f"descriptor {spec.index} ({spec.piece.strip()}) has no sparse points")
+    return SparseChoice(x[index], cutoff[index], index)
+
+
+def parse_config_type_n_sparse(text: str, where: str) -> Dict[str, int]:
+    from .options import split_fields
+    fields = split_fields(text, separators=" :;", what="config_type_n_sparse")
+    if len(fields) % 2:
+        raise ConfigError(f"config_type_n_sparse {where} must be pairs {{type:count:...}}; got {text!r}")
+    out: Dict[str, int] = {}
+    for k in range(0, len(fields), 2):
+        try:
+            count = int(fields[k + 1])
+        except ValueError:
+            raise ConfigError(f"config_type_n_sparse {where}: the count of '{fields[k]}' must be an integer; "
+                              f"got {fields[k + 1]!r}") from None
+        if count < 0:
+            raise ConfigError(f"config_type_n_sparse {where}: the count of '{fields[k]}' is negative")
+        out[fields[k]] = count
+    return out
+
+
+def _uniform(x, m, rng):
+    return select_uniform(x, m, rng)
+
+
+def _random(x, m, rng):
+    return select_random(x.shape[0], m, rng)
+
+
+_SELECTORS = {"uniform": _uniform, "random": _random}
+
+
+class QuipRandom:
+    """QUIP's random stream (``ran_uniform``: Park–Miller minimal standard, Schrage's method).
+
+    gap_fit seeds it with ``rnd_seed`` and discards 100 draws; ``uniform``'s random
+    fill and ``cur_points`` draw from it, so with the same seed and candidates
+    gapfit makes gap_fit's choices.  Other NumPy ``Generator`` methods (used by
+    methods whose gap_fit random stream is not reproduced) are delegated to a
+    NumPy generator seeded with the same seed.
+    """
+
+    A, M = 16807, 2147483647
+
+    def __init__(self, seed: int):
+        if seed <= 0:
+            raise ValueError("QUIP's generator needs a positive seed")
+        self.seed = int(seed)
+        self.idum = int(seed)
+        self.numpy = np.random.default_rng(seed)
+        self.quip_uniform(100)  # QUIP's warm-up (system_set_random_seeds)
+
+    def quip_uniform(self, n: Optional[int] = None):
+        """The next ``n`` values of QUIP's ran_uniform() (idum/(2^31−1)); one float if n is None."""
+        if n is None:
+            self.idum = (self.A * self.idum) % self.M
+            return self.idum / self.M
+        if n == 0:
+            return np.zeros(0)
+        # x_k = x_0 A^k mod M, vectorised in blocks (products stay below 2^62)
+        block = 1024
+        powers = np.empty(block, dtype=np.int64)
+        p = 1
+        for i in range(block):
+            p = (p * self.A) % self.M
+            powers[i] = p  # A^(i+1)
+        a_block = int(powers[-1])
+        out = np.empty(n, dtype=np.int64)
+        x = self.idum
+        for start in range(0, n, block):
+            m = min(block, n - start)
+            out[start:start + m] = (x * powers[:m]) % self.M
+            x = (x * a_block) % self.M
+        self.idum = int(out[-1])
+        return out / self.M
+
+    def __getattr__(self, name):
+        return getattr(self.numpy, name)
+
+
+def make_rng(seed: int):
+    """The generator of all random choices, and the seed actually used (printed for reproducibility)."""
+    if seed is None or seed <= 0:
+        seed = int(np.random.SeedSequence().entropy % (2 ** 31 - 2)) + 1
+    return QuipRandom(seed), seed

@@ -1,0 +1,84 @@
+"""gapfit against gap_fit itself.
+
+1. QUIP's own reference runs (tests/data/quip_gapfit_tests/reference/*.json, written by
+   gap_fit): the exact command lines, run through the gapfit CLI, must reproduce α to
+   |Δα| < 1e-5 and the sparse points to < 1e-8 (QUIP's own tolerances).
+2. The same command line given to gap_fit and gapfit on the Ta data gives the same model:
+   predictions on held-out frames agree to 1e-6 eV/atom and 1e-5 eV/Å.
+"""
+
+import json
+import shlex
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from ase.io import read, write
+
+from gapfit.calculator import GapCalculator
+from gapfit.gap_xml import read_model
+
+from conftest import QUIP_TESTS, TA_XYZ, run_gapfit
+
+
+def _reference(name):
+    with open(QUIP_TESTS / "reference" / f"{name}.json") as fh:
+        return json.load(fh)
+
+
+@pytest.mark.parametrize("name", ["Si.distance_2b.uniform", "SiC.distance_2b.uniform"])
+def test_quip_reference_run(tmp_path, name):
+    ref = _reference(name)
+    args = shlex.split(ref["config"])
+    xyz = next(a.split("=", 1)[1] for a in args if a.startswith("at_file="))
+    shutil.copy(QUIP_TESTS / xyz, tmp_path / xyz)
+    proc = run_gapfit(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    model = read_model(str(tmp_path / "gp.xml"))
+    assert len(model.coordinates) == len(ref["coords"])
+    printed = (tmp_path / "sparse_index.out").read_text().split("\n")
+    for k, (c, rc) in enumerate(zip(model.coordinates, ref["coords"])):
+        alpha = np.array(rc["alpha"])
+        sparse_x = np.array(rc["sparsex"]).reshape(alpha.size, rc["dimensions"])
+        assert c.sparse_x.shape == sparse_x.shape
+        dx = np.abs(c.sparse_x - sparse_x).max()
+        da = np.abs(c.alpha - alpha).max()
+        dc = np.abs(c.sparse_cutoff - np.array(rc["cutoff"])).max()
+        ours = [int(i) for i in printed[k].split()]
+        same = len(set(ours) & set(ref["index"][k]))
+        print(f"{name} coordinate {k + 1}: max|Δα| = {da:.2e}, max|ΔsparseX| = {dx:.2e}, "
+              f"max|Δcutoff| = {dc:.2e}, sparse indices identical: {same}/{len(ours)}")
+        assert dx < 1e-8 and dc < 1e-8
+        assert da < 1e-5
+
+
+TA_2B = ("distance_2b cutoff=5.0 cutoff_transition_width=1.0 covariance_type=ard_se delta=2.0 theta_uniform=0.75 "
+         "n_sparse=25 sparse_method=uniform")
+
+
+def test_same_model_as_gap_fit_on_ta(tmp_path, gap_fit):
+    frames = read(str(TA_XYZ), ":")
+    train = [f for i, f in enumerate(frames) if i % 3 != 2]
+    held_out = [f for i, f in enumerate(frames) if i % 3 == 2]
+    write(str(tmp_path / "train.xyz"), train, format="extxyz")
+    common = ["at_file=train.xyz", "gap={" + TA_2B + "}", "e0_method=average", "energy_parameter_name=energy",
+              "force_parameter_name=forces", "virial_parameter_name=virial", "default_sigma={0.002 0.1 0.05 0.0}",
+              "sparse_jitter=1.0e-5", "do_copy_at_file=F", "rnd_seed=1"]
+    proc = subprocess.run([gap_fit, *common, "gp_file=gap_fit.xml"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    proc = run_gapfit(common + ["gp_file=gapfit.xml"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ref, ours = GapCalculator(str(tmp_path / "gap_fit.xml")), GapCalculator(str(tmp_path / "gapfit.xml"))
+    de = df = 0.0
+    for atoms in held_out:
+        a, b = atoms.copy(), atoms.copy()
+        a.calc, b.calc = ref, ours
+        de = max(de, abs(a.get_potential_energy() - b.get_potential_energy()) / len(atoms))
+        df = max(df, np.abs(a.get_forces() - b.get_forces()).max())
+    ma, mb = read_model(str(tmp_path / "gap_fit.xml")), read_model(str(tmp_path / "gapfit.xml"))
+    dx = np.abs(ma.coordinates[0].sparse_x - mb.coordinates[0].sparse_x).max()
+    print(f"Ta distance_2b, gap_fit vs gapfit on {len(held_out)} held-out frames: max |ΔE|/atom = {de:.2e} eV, "
+          f"max |ΔF| = {df:.2e} eV/Å; max |Δ sparse point| = {dx:.2e}")
+    assert de < 1e-6 and df < 1e-5
