@@ -1,0 +1,136 @@
+"""Data-parallel fits under real ``mpirun`` (2 ranks, and 3 oversubscribed).
+
+* The same fit for P = 1, 2, 3: α within 1e-6 relative, predictions within 1e-8.
+* QUIP's own MPI test (Si.np2.xyz on 2 ranks reproduces the serial Si.np1 reference), with
+  ``mpi_candidate_order=rank`` which orders candidates as gap_fit's MPI runs do.
+* Faults: an error on rank 1 only, and a corrupt frame, end the job within 30 s with the
+  rank and cause named and no output written.
+"""
+
+import json
+import shlex
+import shutil
+import time
+
+import numpy as np
+import pytest
+from ase.io import read
+
+from gapfit.calculator import GapCalculator
+from gapfit.gap_xml import read_model
+
+from conftest import QUIP_TESTS, TA_XYZ, mpi_env, run_gapfit
+
+pytestmark = pytest.mark.mpi
+
+GAP_2B = ("distance_2b cutoff=5.0 cutoff_transition_width=1.0 covariance_type=ard_se delta=1.0 theta_uniform=0.5 "
+          "n_sparse=20 sparse_method=uniform")
+SI = ["energy_parameter_name=dft_energy", "force_parameter_name=dft_force", "virial_parameter_name=dft_virial",
+      "default_sigma={0.01 1.0 0.5 0.0}", "sparse_jitter=1e-4", "rnd_seed=1", "do_copy_at_file=F"]
+TA = ["e0_method=average", "energy_parameter_name=energy", "force_parameter_name=forces",
+      "virial_parameter_name=virial", "default_sigma={0.002 0.1 0.05 0.0}", "sparse_jitter=1e-5", "rnd_seed=1",
+      "do_copy_at_file=F"]
+
+CASES = {
+    "Si.np2": (QUIP_TESTS / "Si.np2.xyz", SI),
+    "SiC.np2": (QUIP_TESTS / "SiC.np2.xyz", SI),
+    "Ta": (TA_XYZ, TA),
+}
+
+
+def _fit(tmp_path, data, options, ranks, tag):
+    shutil.copy(data, tmp_path / "train.xyz")
+    args = ["at_file=train.xyz", "gap={" + GAP_2B + "}", f"gp_file={tag}.xml", *options]
+    proc = run_gapfit(args, tmp_path, mpi_ranks=ranks if ranks > 1 else None, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    return read_model(str(tmp_path / f"{tag}.xml")), proc
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_same_model_for_every_p(tmp_path, case):
+    data, options = CASES[case]
+    serial, _ = _fit(tmp_path, data, options, 1, "p1")
+    frames = read(str(data), "::7")
+    ref_calc = GapCalculator(str(tmp_path / "p1.xml"))
+    for ranks in (2, 3):
+        model, proc = _fit(tmp_path, data, options, ranks, f"p{ranks}")
+        assert f"grid {ranks}x1" in proc.stdout
+        worst_alpha = 0.0
+        for a, b in zip(serial.coordinates, model.coordinates):
+            assert np.array_equal(a.sparse_x, b.sparse_x)
+            worst_alpha = max(worst_alpha, np.abs(a.alpha - b.alpha).max() / np.abs(a.alpha).max())
+        calc = GapCalculator(str(tmp_path / f"p{ranks}.xml"))
+        worst_e = max_df = force_scale = 0.0
+        for atoms in frames:
+            x, y = atoms.copy(), atoms.copy()
+            x.calc, y.calc = ref_calc, calc
+            ex, ey = x.get_potential_energy(), y.get_potential_energy()
+            fx, fy = x.get_forces(), y.get_forces()
+            worst_e = max(worst_e, abs(ex - ey) / abs(ex))
+            max_df = max(max_df, np.abs(fx - fy).max())
+            force_scale = max(force_scale, np.abs(fx).max())
+        worst_f = max_df / force_scale  # relative to the largest force of the test frames
+        print(f"{case}, P={ranks} vs serial: max rel Δα {worst_alpha:.1e}, energy {worst_e:.1e}, forces {worst_f:.1e}")
+        assert worst_alpha < 1e-6 and worst_e < 1e-8 and worst_f < 1e-8
+
+
+def test_quip_mpi_reference(tmp_path):
+    """QUIP's test_si_scalapack_distance_2b_uniform: Si.np2.xyz on 2 ranks gives the Si.np1 reference."""
+    with open(QUIP_TESTS / "reference" / "Si.distance_2b.uniform.json") as fh:
+        ref = json.load(fh)
+    shutil.copy(QUIP_TESTS / "Si.np2.xyz", tmp_path)
+    args = shlex.split(ref["config"].replace("Si.np1.xyz", "Si.np2.xyz")) + ["mpi_candidate_order=rank",
+                                                                            "export_covariance=T"]
+    proc = run_gapfit(args, tmp_path, mpi_ranks=2)
+    assert proc.returncode == 0, proc.stderr
+    model = read_model(str(tmp_path / "gp.xml"))
+    c, rc = model.coordinates[0], ref["coords"][0]
+    assert np.abs(c.sparse_x[:, 0] - np.array(rc["sparsex"])).max() < 1e-8
+    assert np.abs(c.alpha - np.array(rc["alpha"])).max() < 1e-5
+    assert (tmp_path / "sparse_index.out").read_text().split() == [str(i) for i in ref["index"][0]]
+    assert list(tmp_path.glob("gp.xml.R.*"))
+
+
+def test_quippy_loads_mpi_model(tmp_path, quippy):
+    from quippy.potential import Potential
+    _fit(tmp_path, QUIP_TESTS / "SiC.np2.xyz", SI, 2, "mpi")
+    ours, theirs = GapCalculator(str(tmp_path / "mpi.xml")), Potential(param_filename=str(tmp_path / "mpi.xml"))
+    for atoms in read(str(QUIP_TESTS / "SiC.np2.xyz"), "::10"):
+        a, b = atoms.copy(), atoms.copy()
+        a.calc, b.calc = ours, theirs
+        assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), rel=1e-8)
+
+
+def test_failure_on_one_rank_aborts_the_job(tmp_path):
+    shutil.copy(QUIP_TESTS / "Si.np1.xyz", tmp_path / "train.xyz")
+    env = mpi_env()
+    env["GAPFIT_INJECT_FAILURE_RANK"] = "1"
+    t0 = time.time()
+    proc = run_gapfit(["at_file=train.xyz", "gap={" + GAP_2B + "}", "gp_file=gp.xml", *SI], tmp_path,
+                      mpi_ranks=2, env=env, timeout=60)
+    elapsed = time.time() - t0
+    assert proc.returncode != 0
+    assert elapsed < 30
+    assert "[rank 1/2] gapfit: error: injected failure" in proc.stderr
+    assert "[rank 0/2]" not in proc.stderr
+    assert not (tmp_path / "gp.xml").exists() and not list(tmp_path.glob("gp.xml*"))
+
+
+def test_corrupt_frame_under_mpi(tmp_path):
+    text = (QUIP_TESTS / "Si.np1.xyz").read_text().splitlines()
+    # corrupt a position of the 4th frame
+    lines, i, frame = list(text), 0, 0
+    while frame < 3:
+        i += int(lines[i].split()[0]) + 2
+        frame += 1
+    parts = lines[i + 2].split()
+    parts[2] = "1.2.3"
+    lines[i + 2] = " ".join(parts)
+    (tmp_path / "train.xyz").write_text("\n".join(lines) + "\n")
+    t0 = time.time()
+    proc = run_gapfit(["at_file=train.xyz", "gap={" + GAP_2B + "}", "gp_file=gp.xml", *SI], tmp_path, mpi_ranks=2,
+                      timeout=60)
+    assert proc.returncode != 0 and time.time() - t0 < 30
+    assert "[rank 0/2] gapfit: error: frame 4 of train.xyz, line" in proc.stderr
+    assert "must be a real number, found '1.2.3'" in proc.stderr
+    assert not list(tmp_path.glob("gp.xml*"))

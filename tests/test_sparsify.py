@@ -1,0 +1,139 @@
+"""Sparse-point methods: index_file and file reproduce gap_fit's references; none, random,
+uniform internals; print_sparse_index; sparsify_only_no_fit."""
+
+import json
+import shlex
+import shutil
+
+import numpy as np
+import pytest
+
+from gapfit import GapFit
+from gapfit.errors import ModelError
+from gapfit.gap_xml import read_model
+from gapfit.sparsify import QuipRandom, quip_heap_sort_order, select_uniform, unique_mask
+
+from conftest import QUIP_TESTS, run_gapfit
+
+
+def _ref(name):
+    with open(QUIP_TESTS / "reference" / f"{name}.json") as fh:
+        return json.load(fh)
+
+
+def _check(model, ref, tol_alpha=1e-5, tol_x=1e-8):
+    for c, rc in zip(model.coordinates, ref["coords"]):
+        alpha = np.array(rc["alpha"])
+        x = np.array(rc["sparsex"]).reshape(alpha.size, -1)
+        assert np.abs(c.sparse_x - x).max() < tol_x
+        assert np.abs(c.alpha - alpha).max() < tol_alpha
+
+
+def test_index_file_reproduces_reference(tmp_path):
+    ref = _ref("Si.distance_2b.uniform")
+    (tmp_path / "sparse_index.inp").write_text("\n".join(str(i) for i in ref["index"][0]) + "\n")
+    config = ref["config"].replace("sparse_method=uniform", "sparse_method=index_file sparse_file=sparse_index.inp")
+    shutil.copy(QUIP_TESTS / "Si.np1.xyz", tmp_path)
+    proc = run_gapfit(shlex.split(config), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    _check(read_model(str(tmp_path / "gp.xml")), ref)
+    assert (tmp_path / "sparse_index.out").read_text().split() == [str(i) for i in ref["index"][0]]
+
+
+def test_file_reproduces_reference(tmp_path):
+    ref = _ref("SiC.distance_2b.uniform")
+    config = ref["config"]
+    for k, rc in enumerate(ref["coords"]):
+        lines = []
+        x = np.array(rc["sparsex"]).reshape(len(rc["alpha"]), -1)
+        for cut, vec in zip(rc["cutoff"], x):
+            lines.append(repr(float(cut)))
+            lines.extend(repr(float(v)) for v in vec)
+        (tmp_path / f"sparse{k}.inp").write_text("\n".join(lines) + "\n")
+    z = [(14, 14), (14, 6), (6, 6)]
+    gap = " : ".join(f"distance_2b covariance_type=ard_se cutoff=6.0 delta=1.0 theta_uniform=0.1 add_species=F "
+                     f"Z1={a} Z2={b} sparse_method=file sparse_file=sparse{k}.inp" for k, (a, b) in enumerate(z))
+    start = config.index("gap={")
+    end = config.index("}}", start) + 2
+    config = config[:start] + "gap={" + gap + "}" + config[end:]
+    shutil.copy(QUIP_TESTS / "SiC.np1.xyz", tmp_path)
+    proc = run_gapfit(shlex.split(config), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    _check(read_model(str(tmp_path / "gp.xml")), ref)
+
+
+def test_file_with_sparsex_file_gives_hint(tmp_path):
+    (tmp_path / "plain.sparseX").write_text("1.0\n2.0\n3.0\n")
+    shutil.copy(QUIP_TESTS / "Si.np1.xyz", tmp_path)
+    proc = run_gapfit(["at_file=Si.np1.xyz", "energy_parameter_name=dft_energy", "default_sigma={0.01 1 0.5 0}",
+                       "gap={distance_2b cutoff=4 covariance_type=ard_se delta=1 theta_uniform=0.5 "
+                       "sparse_method=file sparse_file=plain.sparseX}", "gp_file=gp.xml"], tmp_path)
+    assert proc.returncode == 2
+    assert "gap_prepare_sparsex_input" in proc.stderr
+
+
+SI_OPTIONS = dict(energy_parameter_name="dft_energy", force_parameter_name="dft_force",
+                  virial_parameter_name="dft_virial", default_sigma=[0.01, 1.0, 0.5, 0.0], sparse_jitter=1e-3,
+                  quiet=True)
+
+
+def test_none_uses_all_distinct_instances():
+    fit = GapFit(gap="distance_2b cutoff=3.0 covariance_type=ard_se delta=1 theta_uniform=0.5 sparse_method=none",
+                 **SI_OPTIONS).fit(str(QUIP_TESTS / "Si.np1.xyz"))
+    x = fit.sparse_x_[0][:, 0]
+    assert x.size == np.unique(x).size  # duplicates (each pair appears twice) were removed
+    assert x.size > 20
+
+
+def test_random_is_reproducible_and_distinct():
+    gap = "distance_2b cutoff=4.0 covariance_type=ard_se delta=1 theta_uniform=0.5 n_sparse=30 sparse_method=random"
+    a = GapFit(gap=gap, rnd_seed=7, **SI_OPTIONS).fit(str(QUIP_TESTS / "Si.np1.xyz"))
+    b = GapFit(gap=gap, rnd_seed=7, **SI_OPTIONS).fit(str(QUIP_TESTS / "Si.np1.xyz"))
+    c = GapFit(gap=gap, rnd_seed=8, **SI_OPTIONS).fit(str(QUIP_TESTS / "Si.np1.xyz"))
+    assert np.array_equal(a.sparse_index_[0], b.sparse_index_[0])
+    assert not np.array_equal(a.sparse_index_[0], c.sparse_index_[0])
+    assert np.unique(a.sparse_index_[0]).size == 30
+
+
+def test_quip_random_stream():
+    # Park–Miller minimal standard: from seed 1 the 10000th value is 1043618065 (Park & Miller 1988)
+    r = QuipRandom.__new__(QuipRandom)
+    r.idum = 1
+    vals = r.quip_uniform(10000) * QuipRandom.M
+    assert int(round(vals[-1])) == 1043618065
+    r2 = QuipRandom.__new__(QuipRandom)
+    r2.idum = 1
+    assert all(abs(r2.quip_uniform() * QuipRandom.M - v) < 0.5 for v in vals[:5])
+
+
+def test_heap_sort_order_sorts_and_is_deterministic():
+    keys = np.round(np.random.default_rng(0).random(500), 2)
+    order = quip_heap_sort_order(keys)
+    assert np.all(np.diff(keys[order]) >= 0)
+    assert np.array_equal(order, quip_heap_sort_order(keys))
+
+
+def test_unique_mask_drops_earlier_duplicate_in_sorted_order():
+    x = np.array([[1.0], [2.0], [1.0], [3.0], [1.0 + 1e-12]])
+    keep = unique_mask(x, np.ones(5, dtype=bool), 1e-10, 1e-10)
+    assert keep.sum() == 3 and keep[1] and keep[3]
+
+
+def test_uniform_first_point_per_bin():
+    x = np.array([[0.0], [0.05], [0.5], [0.52], [1.0], [0.26]])
+    idx = select_uniform(x, 3, QuipRandom(1))
+    assert list(idx) == [0, 2, 4]
+
+
+def test_sparsify_only_no_fit(tmp_path):
+    fit = GapFit(gap="distance_2b cutoff=4.0 covariance_type=ard_se delta=1 theta_uniform=0.5 n_sparse=10 "
+                     "sparse_method=uniform", sparsify_only_no_fit=True, gp_file=str(tmp_path / "s.xml"),
+                 **SI_OPTIONS).fit(str(QUIP_TESTS / "Si.np1.xyz"))
+    model = read_model(str(tmp_path / "s.xml"))
+    assert not model.fitted
+    assert np.all(model.coordinates[0].alpha == 0) and model.coordinates[0].sparse_x.shape == (10, 1)
+    from gapfit.calculator import GapCalculator
+    with pytest.raises(ModelError, match="not been fitted"):
+        GapCalculator(str(tmp_path / "s.xml"))
+    assert 'fitted="F"' in (tmp_path / "s.xml").read_text()
+    assert fit.files_
