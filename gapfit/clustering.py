@@ -23,7 +23,7 @@ What each method computes, as gap_fit does (``gpCoordinates_sparsify_config_type
     k(x_i, x_j)/√(k_ii k_jj) with the real kernel without normalisation over permutations
     (ARD_SE: δ² exp(−½Σ((x_i−x_j)/θ)²) + f0²; dot product: δ² (x_i·x_j)^ζ).  gap_fit sets the
     diagonal of that matrix to **zero** (it is the "distance to itself" of the kernel-distance
-    branch); this is reproduced.
+    branch); this is reproduced (``context.cur_covariance_unit_diagonal`` restores the 1s).
 ``pivot``
     Pivoted Cholesky of exp(−½ D) where D is the (not squared) scaled distance matrix of
     ``distance_matrix`` plus its random jitter (uniform in [0, 1e-7) per pair); the first m
@@ -35,7 +35,9 @@ What each method computes, as gap_fit does (``gpCoordinates_sparsify_config_type
 ``kmeans``
     Lloyd's k-means on the scaled vectors from m distinct random candidates; stops when no
     assignment changes or the total squared distance changes by less than 1e-6 of itself;
-    then the candidate nearest each centre.
+    then the candidate nearest each centre.  gap_fit's uniform random start often ends in a
+    local minimum (two centres in one cluster); ``context.kmeans_init='kmeans++'`` (not gap_fit)
+    seeds by D² sampling instead, for kmeans and fuzzy.
 ``fuzzy``
     Fuzzy c-means (fuzziness 2) from m distinct random candidates plus a jitter in
     [−0.5e-7, 0.5e-7) per component; same stopping rules; then the candidate nearest each centre.
@@ -70,6 +72,11 @@ duplicates:
 * kmeans, fuzzy and the k-medoid refinements stop after :data:`MAX_ITERATIONS` (with a warning).
 * pivot: a non-positive residual diagonal (numerically exhausted) is logged and its column
   left zero instead of taking the square root of a negative number.
+* fuzzy: a candidate at zero distance from a centre belongs to it alone, and a centre with no
+  weight at all stays put (gap_fit: division by zero, NaN).
+
+covariance (no randomness in gap_fit) and pivot (only the 1e-7 jitter) reproduce gap_fit's
+choices exactly; tests/test_clustering.py checks this against the gap_fit binary.
 
 Memory: methods on an n×n matrix (cur_covariance, cluster) and the O(n m) factor methods
 (pivot, covariance) check :func:`required_bytes` against ``context.max_bytes``
@@ -87,7 +94,6 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from .errors import ConfigError, DataError
-from .sparsify import quip_heap_sort_order
 
 # --- constants (values from GAP clustering.F90 / gp_fit.F90 / libAtoms) ---------------------
 TOL_SVD = 1.0e-13  # libAtoms linearalgebra TOL_SVD: singular values counted by CUR
@@ -135,7 +141,7 @@ class SelectionContext:
     log: Callable[..., None] = field(default=_silent, repr=False)
     jitter: float = CLUSTER_JITTER
     max_bytes: int = MAX_DENSE_BYTES
-    cur_report_error: bool = True
+    cur_report_error: bool = False
     kmeans_init: str = "random"
     cur_covariance_unit_diagonal: bool = False
 
@@ -154,13 +160,16 @@ _GIB = float(2 ** 30)
 def required_bytes(method: str, n: int, m: int) -> int:
     """Bytes of the big arrays a method allocates for n candidates and m sparse points.
 
-    cur_covariance: the n×n kernel matrix and its n×n eigenvectors; cluster: the n×n distance
-    matrix plus (at worst) a copy of its largest sub-block; pivot, covariance: an n×m factor.
+    cur_covariance: the n×n kernel matrix, LAPACK's copy of it and its n×n eigenvectors;
+    cluster: the n×n distance matrix plus (at worst) a copy of its largest sub-block; pivot,
+    covariance: an n×m factor.
     Other methods need O(n·d) (a scaled copy of x, or the n×min(n,d) SVD factor) and are not
     checked.
     """
     n, m = int(n), int(m)
-    if method in ("cur_covariance", "cluster"):
+    if method == "cur_covariance":
+        return 3 * n * n * 8
+    if method == "cluster":
         return 2 * n * n * 8
     if method in ("pivot", "covariance"):
         return n * max(m, 1) * 8
@@ -319,8 +328,9 @@ class _NormalisedKernel:
             k *= self.inv_sqrt_self[idx][:, None]
             k *= self.inv_sqrt_self[None, :]
         if not np.all(np.isfinite(k)):
-            raise ConfigError(f"sparse_method={self.method}: the normalised kernel is not finite "
-                              f"(a negative dot product to a non-integer power zeta={self.zeta:g}?)")
+            hint = (f" (a negative dot product to the non-integer power zeta={self.zeta:g}?)"
+                    if self.kind == "dot_product" else "")
+            raise ConfigError(f"sparse_method={self.method}: the normalised kernel is not finite{hint}")
         return k
 
     def column(self, j: int) -> np.ndarray:
@@ -332,8 +342,9 @@ def cur_leverage(v: np.ndarray, s: np.ndarray, m: int, log=_silent, method: str 
     """p_j = min(1, m/r Σ_{k<r} v_jk²), r = #(s > TOL_SVD)//2 (at least 1), for singular vectors in columns of v."""
     count = int(np.count_nonzero(s > TOL_SVD))
     if count == 0:
-        raise ConfigError(f"sparse_method={method}: the matrix has no singular value above {TOL_SVD:g} "
-                          f"(all candidates are zero)")
+        what = "descriptor" if method == "cur_points" else "normalised kernel"
+        raise ConfigError(f"sparse_method={method}: the candidates' {what} matrix has no singular value "
+                          f"above {TOL_SVD:g}")
     rank = count // 2
     if rank == 0:
         log(f"  warning: {method}: only {count} singular value above {TOL_SVD:g}; gap_fit would divide by a "
@@ -348,7 +359,10 @@ def cur_leverage(v: np.ndarray, s: np.ndarray, m: int, log=_silent, method: str 
 
 def cur_keys_select(p: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
     """The m smallest keys u_j − p_j (u uniform [0, 1)) in QUIP's heap-sort order."""
-    keys = rng.random(p.size) - p
+    from .sparsify import quip_heap_sort_order  # here, not at the top: sparsify imports this module
+    # QUIP's own stream when available (gapfit.sparsify.QuipRandom): then the keys are gap_fit's
+    uniform = getattr(rng, "quip_uniform", None)
+    keys = (uniform(p.size) if uniform is not None else rng.random(p.size)) - p
     return quip_heap_sort_order(keys)[:m].astype(np.int64)
 
 
@@ -390,6 +404,8 @@ def select_cur_points(x, m, rng, context: Optional[SelectionContext] = None) -> 
     x = _prepare("cur_points", x, m)
     if m == 0:
         return np.zeros(0, dtype=np.int64)
+    if m == x.shape[0]:  # CUR keeps every column (gap_fit: the heap sort of all n keys)
+        return np.arange(m, dtype=np.int64)
     # A = xᵀ (d×n): its right singular vectors are the left singular vectors of x
     u, s = _economy_svd_left(x)
     p = cur_leverage(u, s, m, ctx.log, "cur_points")
@@ -429,7 +445,8 @@ def _symmetrise(a: np.ndarray) -> np.ndarray:
 def select_cur_covariance(x, m, rng, context: Optional[SelectionContext] = None) -> np.ndarray:
     """gap_fit's ``cur_covariance``: CUR on the n×n normalised kernel matrix (zero diagonal).
 
-    Memory 2 n² floats (matrix and eigenvectors; refused above ``context.max_bytes``); time O(n³).
+    Memory 3 n² floats (matrix, LAPACK's copy, eigenvectors; refused above ``context.max_bytes``);
+    time O(n³).
     The matrix is symmetric, so its singular vectors are its eigenvectors (singular values |λ|).
     """
     import scipy.linalg
@@ -437,6 +454,8 @@ def select_cur_covariance(x, m, rng, context: Optional[SelectionContext] = None)
     x = _prepare("cur_covariance", x, m)
     if m == 0:
         return np.zeros(0, dtype=np.int64)
+    if m == x.shape[0]:  # CUR keeps every column (gap_fit: the heap sort of all n keys)
+        return np.arange(m, dtype=np.int64)
     check_memory("cur_covariance", x.shape[0], m, ctx.max_bytes)
     a = cur_covariance_matrix(x, ctx)
     lam, w = scipy.linalg.eigh(a, check_finite=False)
@@ -673,7 +692,9 @@ def select_fuzzy(x, m, rng, context: Optional[SelectionContext] = None) -> np.nd
             num += wp.T @ xs[s0:s0 + step]
             den += wp.sum(axis=0)
         previous = centres
-        centres = num / den[:, None]
+        centres = centres.copy()
+        held = den > 0  # a centre with no weight at all (gap_fit: NaN) stays where it is
+        centres[held] = num[held] / den[held, None]
         if same or abs(d_total - d_total_prev) < KMEANS_THRESHOLD * d_total:
             break
     else:

@@ -196,7 +196,8 @@ class SparseChoice:
 
 
 def choose_sparse_points(spec, x: Optional[np.ndarray], cutoff: Optional[np.ndarray], config_type: Optional[np.ndarray],
-                         config_type_names: Sequence[str], d: int, rng: np.random.Generator, log=print) -> SparseChoice:
+                         config_type_names: Sequence[str], d: int, rng: np.random.Generator, log=print,
+                         theta: Optional[np.ndarray] = None, use_actual_gpcov: bool = False) -> SparseChoice:
     """Select one coordinate's sparse points with ``spec.gp['sparse_method']``.
 
     ``x``, ``cutoff`` and ``config_type`` (index into ``config_type_names``) are
@@ -231,8 +232,14 @@ def choose_sparse_points(spec, x: Optional[np.ndarray], cutoff: Optional[np.ndar
         return SparseChoice(x[index], cutoff[index], index)
     selector = _SELECTORS.get(method)
     if selector is None:
-        raise ConfigError(f"sparse_method={method} {where} is not implemented in gapfit yet "
-                          f"(available: uniform, random, none, file, index_file)")
+        from . import clustering
+        if method not in clustering.SELECTORS:
+            raise ConfigError(f"sparse_method={method} {where} is not implemented in gapfit")
+        context = clustering.SelectionContext.from_gp(gp, theta=theta, use_actual_gpcov=use_actual_gpcov, log=log)
+        method_fn = clustering.SELECTORS[method]
+
+        def selector(xs, m, rng_):
+            return np.sort(method_fn(xs, m, rng_, context))
     groups: List[np.ndarray] = []
     if gp["n_sparse"] > 0:
         m = gp["n_sparse"]
