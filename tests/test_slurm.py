@@ -49,7 +49,7 @@ def local_slurm(tmp_path):
         subprocess.run(["bash", str(script), "stop", str(state)], capture_output=True, timeout=60)
 
 
-def test_sbatch_example_matches_serial(tmp_path, local_slurm):
+def test_sbatch_example_matches_serial(tmp_path, local_slurm, monkeypatch):
     work = tmp_path / "job"
     work.mkdir()
     (work / "fit.cfg").write_text(CONFIG.format(xyz=QUIP_TESTS / "SiC.np1.xyz"))
@@ -63,7 +63,9 @@ def test_sbatch_example_matches_serial(tmp_path, local_slurm):
     assert proc.returncode == 0, proc.stdout + proc.stderr + out
     assert "2 ranks on 1 node(s)" in out and "grid 2x1" in out
     model = read_model(str(work / "slurm.xml"))
-    serial = GapFit(config_file=str(work / "fit.cfg"), quiet=True)
+    (work / "serial").mkdir()
+    monkeypatch.chdir(work / "serial")
+    serial = GapFit(config_file=str(work / "fit.cfg"), gp_file="serial.xml", quiet=True)
     serial.fit()
     for c, a, x in zip(model.coordinates, serial.alpha_, serial.sparse_x_):
         assert np.array_equal(c.sparse_x, x)
