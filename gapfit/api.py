@@ -301,6 +301,12 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
     if sparsify_only:
         model = _model(label, e0, coords, [np.zeros(c.n_sparse) for c in coords], opts, xyz_lines, fitted=False)
         files = rank0_call(comm, write_model, model, gp_file, v["sparse_separate_file"]) if write else []
+        if write:
+            from .two_step import prepare_second_run
+            extra, options_path = rank0_call(comm, prepare_second_run, gp_file, None, os.getcwd())
+            files += extra
+            log(f"sparsify_only_no_fit=T: sparse points written; fit with them (serially or under MPI) with\n"
+                f"    gapfit config_file={os.path.relpath(options_path)}")
         _report_files(log, files)
         log.rank_table()
         return FitResult(model=model, alpha=[np.zeros(c.n_sparse) for c in coords],

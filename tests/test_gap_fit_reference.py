@@ -82,3 +82,108 @@ def test_same_model_as_gap_fit_on_ta(tmp_path, gap_fit):
     print(f"Ta distance_2b, gap_fit vs gapfit on {len(held_out)} held-out frames: max |ΔE|/atom = {de:.2e} eV, "
           f"max |ΔF| = {df:.2e} eV/Å; max |Δ sparse point| = {dx:.2e}")
     assert de < 1e-6 and df < 1e-5
+
+
+def _set_sparse_method(config, methods):
+    """Replace each gap piece's sparse_method=... by methods[k] (in piece order)."""
+    start = config.index("gap={")
+    depth, end = 0, None
+    for pos in range(start + 4, len(config)):
+        depth += {"{": 1, "}": -1}.get(config[pos], 0)
+        if depth == 0:
+            end = pos + 1
+            break
+    inner = config[start + 5:end - 1]
+    pieces, depth, cur = [], 0, []
+    for ch in inner:
+        if ch in "{}":
+            depth += 1 if ch == "{" else -1
+        if ch == ":" and depth == 0:
+            pieces.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    pieces.append("".join(cur))
+    new = []
+    for piece, method in zip(pieces, methods):
+        words = [w for w in piece.strip().strip("{}").split() if not w.startswith("sparse_method=")]
+        new.append("{" + " ".join(words + [method]) + "}")
+    return config[:start] + "gap={" + ":".join(new) + "}" + config[end:]
+
+
+@pytest.mark.parametrize("name", ["Si.soap.cur_points", "Si.two_descriptors"])
+def test_quip_reference_with_index_file(tmp_path, name):
+    """gap_fit's own SOAP runs, with its sparse indices fed through index_file."""
+    ref = _reference(name)
+    methods = []
+    for k, idx in enumerate(ref["index"]):
+        (tmp_path / f"index{k}.inp").write_text("\n".join(map(str, idx)) + "\n")
+        methods.append(f"sparse_method=index_file sparse_file=index{k}.inp")
+    config = _set_sparse_method(ref["config"], methods)
+    shutil.copy(QUIP_TESTS / "Si.np1.xyz", tmp_path)
+    proc = run_gapfit(shlex.split(config), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    model = read_model(str(tmp_path / "gp.xml"))
+    for k, (c, rc) in enumerate(zip(model.coordinates, ref["coords"])):
+        alpha = np.array(rc["alpha"])
+        sparse_x = np.array(rc["sparsex"]).reshape(alpha.size, rc["dimensions"])
+        dx, da = np.abs(c.sparse_x - sparse_x).max(), np.abs(c.alpha - alpha).max()
+        print(f"{name} via index_file, coordinate {k + 1} (d={rc['dimensions']}): max|Δα| = {da:.2e}, "
+              f"max|ΔsparseX| = {dx:.2e}")
+        assert dx < 1e-8 and da < 1e-5
+
+
+def test_quip_cur_points_itself(tmp_path):
+    """cur_points draws QUIP's random stream: state how many of gap_fit's indices coincide."""
+    ref = _reference("Si.soap.cur_points")
+    shutil.copy(QUIP_TESTS / "Si.np1.xyz", tmp_path)
+    proc = run_gapfit(shlex.split(ref["config"]), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ours = [int(i) for i in (tmp_path / "sparse_index.out").read_text().split()]
+    same = len(set(ours) & set(ref["index"][0]))
+    model = read_model(str(tmp_path / "gp.xml"))
+    c, rc = model.coordinates[0], ref["coords"][0]
+    alpha = np.array(rc["alpha"])
+    dx = np.abs(c.sparse_x - np.array(rc["sparsex"]).reshape(alpha.size, -1)).max()
+    print(f"Si.soap.cur_points with cur_points: {same} of {len(ours)} sparse indices coincide with gap_fit's "
+          f"(max|ΔsparseX| = {dx:.2e}, max|Δα| = {np.abs(c.alpha - alpha).max():.2e})")
+    assert same >= 90
+
+
+TA_SOAP = ("{distance_2b cutoff=5.0 delta=10.0 covariance_type=ard_se theta_uniform=0.75 n_sparse=20 "
+           "sparse_method=uniform : soap l_max=4 n_max=8 atom_sigma=0.5 zeta=2 cutoff=5.0 cutoff_transition_width=0.5 "
+           "central_weight=1.0 n_sparse=200 delta=0.1 covariance_type=dot_product sparse_method=cur_points}")
+
+
+def test_same_soap_model_as_gap_fit_on_ta(tmp_path, gap_fit):
+    """Ta-soap options (200 soap points to keep gap_fit's run short), the same sparse points for both."""
+    from gapfit.options import join_argv, strip_comments, split_fields
+    frames = read(str(TA_XYZ), ":")
+    write(str(tmp_path / "train.xyz"), [f for i, f in enumerate(frames) if i % 3 != 2], format="extxyz")
+    held_out = [f for i, f in enumerate(frames) if i % 3 == 2][::2]
+    common = ["at_file=train.xyz", "e0_method=average", "energy_parameter_name=energy", "force_parameter_name=forces",
+              "virial_parameter_name=virial", "default_sigma={0.002 0.1 0.05 0.0}", "sparse_jitter=1.0e-8",
+              "do_copy_at_file=F", "rnd_seed=1", "gap=" + TA_SOAP]
+    proc = run_gapfit(common + ["gp_file=sparse.xml", "sparsify_only_no_fit=T"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    options = strip_comments((tmp_path / "sparse.xml.fit.cfg").read_text())
+    words = split_fields(options.replace("{", "\x01").replace("}", "\x02"), separators=" \n")
+    words = [w.replace("\x01", "{").replace("\x02", "}") for w in words]
+    proc = subprocess.run([gap_fit, *words, "gp_file=gap_fit.xml"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=900, env=dict(__import__("os").environ, OMP_NUM_THREADS="2"))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    proc = run_gapfit(["config_file=sparse.xml.fit.cfg", "gp_file=gapfit.xml"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ma, mb = read_model(str(tmp_path / "gap_fit.xml")), read_model(str(tmp_path / "gapfit.xml"))
+    for a, b in zip(ma.coordinates, mb.coordinates):
+        assert np.abs(a.sparse_x - b.sparse_x).max() < 1e-12
+    ref, ours = GapCalculator(str(tmp_path / "gap_fit.xml")), GapCalculator(str(tmp_path / "gapfit.xml"))
+    de = df = 0.0
+    for atoms in held_out:
+        a, b = atoms.copy(), atoms.copy()
+        a.calc, b.calc = ref, ours
+        de = max(de, abs(a.get_potential_energy() - b.get_potential_energy()) / len(atoms))
+        df = max(df, np.abs(a.get_forces() - b.get_forces()).max())
+    print(f"Ta soap+2b, gap_fit vs gapfit with the same {sum(c.sparse_x.shape[0] for c in mb.coordinates)} sparse "
+          f"points on {len(held_out)} held-out frames: max |ΔE|/atom = {de:.2e} eV, max |ΔF| = {df:.2e} eV/Å")
+    assert de < 1e-6 and df < 1e-5
