@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from . import __version__
-from .covariance import Coordinate, k_mm, k_nm_rows
+from .covariance import DEFAULT_BLOCK_BYTES, Coordinate, k_mm, k_nm_rows
 from .data import (SigmaTable, TargetNames, assign_frames, compute_e0, distribute, frame_labels, frame_rows,
                    species_in_order)
 from .errors import ConfigError, DataError, NumericalError
@@ -185,6 +185,11 @@ def fit(frames=None, **options) -> GapFit:
 def _banner(log: Reporter, opts: TopLevelOptions, comm, blas_info: str):
     log(f"gapfit {__version__} — Gaussian Approximation Potential fitting (a gap_fit clone)")
     log(f"  processes: {comm.size}" + ("" if comm.size == 1 else f" (MPI: {comm.library})"))
+    if comm.size > 1:
+        from .solvers.scalapack import scalapack_info
+        log("  " + scalapack_info(comm)["text"] + " (block sizes once M is known: mpi_blocksize_rows/cols)")
+    else:
+        log("  solver: LAPACK QR (one process; run under mpirun for ScaLAPACK)")
     if blas_info:
         log(f"  BLAS: {blas_info}")
     log.title("Options")
@@ -271,7 +276,7 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
         log(f"Frames per rank: {', '.join(map(str, counts))}; target rows per rank: {', '.join(map(str, per_rank))}")
 
     if v["dryrun"]:
-        _memory_estimate(log, coords, frame_rows_count, owner, comm)
+        _memory_estimate(log, comm, source, entries, my_frames, coords, labels, frame_rows_count, owner, max_cutoff)
         log("dryrun=T: stopping before the fit")
         return FitResult(model=None, alpha=[], sparse_x=[], sparse_cutoff=[], sparse_index=[], e0=e0)
 
@@ -542,36 +547,71 @@ def _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigm
     pending = []  # (frame rows, values per coordinate, n_atoms)
     pending_bytes = 0
     sigma_per_atom = v["kernel_regularisation_is_per_atom"]
-    total = len(my_frames)
-    done = 0
+
+    def write(k, y, sigma):
+        nonlocal row
+        n = y.size
+        a_local[row:row + n] = k / sigma[:, None]  # Σ^-1/2 K_NM
+        b_local[row:row + n] = y / sigma  # Σ^-1/2 y
+        row += n
 
     def flush():
-        nonlocal row, pending, pending_bytes
-        if not pending:
-            return
-        rows = [p[0] for p in pending]
-        k = k_nm_rows(coords, [p[1] for p in pending], rows, [p[2] for p in pending], n_columns)
-        y = np.concatenate([r.y for r in rows])
-        s = np.concatenate([r.sigma for r in rows])
-        n = y.size
-        a_local[row:row + n] = k / s[:, None]
-        b_local[row:row + n] = y / s
-        row += n
-        pending, pending_bytes = [], 0
+        nonlocal pending_bytes
+        if pending:
+            rows = [p[0] for p in pending]
+            k = k_nm_rows(coords, [p[1] for p in pending], rows, [p[2] for p in pending], n_columns)
+            write(k, np.concatenate([r.y for r in rows]), np.concatenate([r.sigma for r in rows]))
+        pending.clear()
+        pending_bytes = 0
 
     for frame in source.read([entries[f] for f in my_frames]):
         fr = frame_rows(frame, names, sigmas, e0, sigma_per_atom)
         grad = bool(fr.force_atoms.size) or fr.has_virial
         nl = neighbour_list(frame.positions, frame.cell, frame.pbc, max_cutoff)
+        per_atom = _bytes_per_atom(coords, frame, nl, grad)
+        if per_atom is not None and per_atom.sum() > CHUNK_BYTES:
+            # a frame too big for one chunk: its instances in pieces (by centre atom); the K rows
+            # are sums over instances, so the pieces' rows add up to the frame's
+            flush()
+            k = np.zeros((fr.y.size, n_columns))
+            for atoms in _atom_groups(per_atom, CHUNK_BYTES):
+                values = [c.descriptor.calc(frame, nl, grad=grad, atoms=atoms) for c in coords]
+                k += k_nm_rows(coords, [values], [fr], [len(frame)], n_columns)
+            write(k, fr.y, fr.sigma)
+            continue
         values = [c.descriptor.calc(frame, nl, grad=grad) for c in coords]
         pending.append((fr, values, len(frame)))
-        # descriptor values + the kernel matrices k(x, s) of their instances (built per chunk)
-        pending_bytes += sum(val.nbytes + 4 * 8 * val.n_desc * c.n_sparse for val, c in zip(values, coords))
-        done += 1
+        if per_atom is not None:
+            pending_bytes += per_atom.sum()
+        else:  # descriptor values + the kernel matrices k(x, s) of their instances
+            pending_bytes += sum(val.nbytes + 4 * 8 * val.n_desc * c.n_sparse for val, c in zip(values, coords))
         if pending_bytes > CHUNK_BYTES:
             flush()
     flush()
     return row
+
+
+def _bytes_per_atom(coords, frame, nl, grad):
+    """Approximate working memory of each centre atom's instances (None if a descriptor cannot split)."""
+    if not all(c.descriptor.splittable for c in coords):
+        return None
+    total = np.zeros(len(frame))
+    for c in coords:
+        rows = c.descriptor.gradient_rows(frame, nl)
+        if rows is None:
+            return None
+        d = c.descriptor.dimensions
+        per_row = (3 * d + 8) * 8 if grad else 0
+        total += rows * per_row + (rows > 0) * (d + 4 * c.n_sparse) * 8
+    return total
+
+
+def _atom_groups(per_atom_bytes, budget):
+    """Boolean masks of consecutive atoms whose bytes stay within ``budget`` (one atom at least)."""
+    cumulative = np.cumsum(per_atom_bytes)
+    group = np.floor_divide(cumulative - per_atom_bytes, budget).astype(np.int64)
+    for g in np.unique(group):
+        yield group == g
 
 
 def _cholesky(coords, jitter):
@@ -633,10 +673,75 @@ def _report_files(log, files):
         log(f"  {f} ({human_bytes(size)})")
 
 
-def _memory_estimate(log, coords, frame_rows_count, owner, comm):
-    log.title("Memory estimate (dryrun)")
-    m = sum(c.spec.gp["n_sparse"] for c in coords)
-    rows = np.bincount(owner, weights=frame_rows_count, minlength=comm.size) + m / comm.size
-    per_rank = rows.max() * m * 8.0
-    log(f"  A: {int(frame_rows_count.sum())} + {m} rows x {m} columns; per rank {human_bytes(per_rank)} "
-        f"(+ one chunk of descriptor gradients, about {human_bytes(CHUNK_BYTES)})")
+def _memory_estimate(log, comm, source, entries, my_frames, coords, labels, frame_rows_count, owner, max_cutoff):
+    """dryrun=T: count instances and gradient rows, then estimate the peak memory per rank."""
+    n_coord = len(coords)
+    counts = np.zeros((n_coord, 2), dtype=np.int64)  # instances, gradient rows
+    biggest_frame = 0.0
+    for frame in source.read([entries[f] for f in my_frames]):
+        nl = neighbour_list(frame.positions, frame.cell, frame.pbc, max_cutoff)
+        frame_bytes = 0.0
+        for k, c in enumerate(coords):
+            rows = c.descriptor.gradient_rows(frame, nl)
+            if rows is None:
+                rows = np.zeros(len(frame))
+            n_inst = int(np.count_nonzero(rows)) if c.descriptor.splittable else 1
+            counts[k] += (n_inst, int(rows.sum()))
+            frame_bytes += rows.sum() * 3 * c.descriptor.dimensions * 8
+        biggest_frame = max(biggest_frame, frame_bytes)
+    counts = comm.allreduce_sum(counts)
+    biggest_frame = comm.allreduce_max(biggest_frame)
+    if comm.rank != 0:
+        return
+    log.title("Memory estimate (dryrun=T)")
+    m_total, cand_bytes = 0, 0.0
+    rows = []
+    for k, c in enumerate(coords):
+        gp, d = c.spec.gp, c.descriptor.dimensions
+        n_inst, n_grad = (int(v) for v in counts[k])
+        m = gp["n_sparse"] if gp["n_sparse"] > 0 else n_inst
+        m = min(m, n_inst) if gp["sparse_method"] not in ("file", "index_file") else m
+        m_total += m
+        if gp["sparse_method"] in CANDIDATE_METHODS:
+            cand_bytes += 3.0 * n_inst * d * 8
+        rows.append([k + 1, c.descriptor.name, d, n_inst, n_grad, m, human_bytes(3.0 * n_grad * d * 8)])
+    log.table(["coordinate", "descriptor", "d", "instances", "gradient rows", "M", "all gradients"], rows)
+    n_rows = int(frame_rows_count.sum())
+    a_total = 8.0 * (n_rows + m_total) * m_total
+    baseline = float(peak_rss_bytes())
+    chunk = CHUNK_BYTES + 4.0 * DEFAULT_BLOCK_BYTES + min(biggest_frame, CHUNK_BYTES)
+    root_extra = cand_bytes + 2 * 8.0 * m_total ** 2
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh}
+        available = float(info.get("MemAvailable", info.get("MemTotal", 0)))
+    except OSError:  # pragma: no cover
+        available = 0.0
+
+    def per_rank(p):
+        load = np.bincount(owner if p == comm.size else assign_frames(frame_rows_count, p),
+                           weights=frame_rows_count, minlength=p)
+        local_rows = load.max() + -(-m_total // p)
+        return baseline + 8.0 * local_rows * m_total + chunk, root_extra
+
+    gradients_all = sum(3.0 * counts[k, 1] * c.descriptor.dimensions * 8 for k, c in enumerate(coords))
+    log(f"  A: {n_rows} target rows + {m_total} rows of U, {m_total} columns = {human_bytes(a_total)} in all")
+    log(f"  descriptor gradients of the whole data set: {human_bytes(gradients_all)} (gapfit keeps one chunk: "
+        f"about {human_bytes(chunk)} with the kernel blocks)")
+    log(f"  gap_fit would hold all of them plus two copies of A: about "
+        f"{human_bytes(gradients_all + 2 * a_total + 8.0 * sum(counts[:, 0]))} per process")
+    table, smallest = [], None
+    for p in sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, comm.size}):
+        rank_bytes, extra = per_rank(p)
+        total = p * rank_bytes + extra
+        fits = available > 0 and total <= available
+        if fits and smallest is None:
+            smallest = p
+        table.append([p, human_bytes(rank_bytes), human_bytes(rank_bytes + extra), human_bytes(total),
+                      "yes" if fits else "no"])
+    log.table(["ranks P", "per rank", "rank 0", "all ranks", f"fits here ({human_bytes(available)} free)"], table)
+    if smallest is not None:
+        log(f"  smallest P that fits this machine: {smallest}")
+    else:
+        nodes = -(-int(a_total + root_extra) // int(max(available - baseline, 1)))
+        log(f"  does not fit this machine with any P: use about {nodes} node(s) like this one, one rank per core")

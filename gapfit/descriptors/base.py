@@ -91,8 +91,23 @@ class Descriptor:
         """Atomic numbers this descriptor's instances are centred on (None: all)."""
         return None
 
-    def calc(self, structure, neighbours, grad: bool = False) -> DescriptorValues:
+    def calc(self, structure, neighbours, grad: bool = False, atoms=None) -> DescriptorValues:
+        """Instances of ``structure`` (with gradients if ``grad``).
+
+        ``atoms`` (a boolean mask over atoms) restricts the instances to those centred on
+        these atoms, as QUIP's ``atom_mask_name``: the union over a partition of the atoms
+        gives all instances, so a large frame can be processed in pieces.
+        """
         raise NotImplementedError
+
+    def gradient_rows(self, structure, neighbours) -> Optional[np.ndarray]:
+        """Gradient rows that the instances centred on each atom produce (None if unknown)."""
+        return None
+
+    @property
+    def splittable(self) -> bool:
+        """Whether :meth:`calc` with ``atoms`` subsets partitions the instances."""
+        return True
 
     @classmethod
     def expand_species(cls, piece: str, species: List[int]) -> List[str]:

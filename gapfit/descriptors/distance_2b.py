@@ -88,8 +88,14 @@ class Distance2b(Descriptor):
             mask &= same if self.params["only_intra"] else ~same
         return mask
 
-    def calc(self, structure, neighbours, grad=False) -> DescriptorValues:
+    def gradient_rows(self, structure, neighbours):
         mask = self._pair_mask(structure, neighbours)
+        return 2 * np.bincount(neighbours.i[mask], minlength=len(structure.numbers))
+
+    def calc(self, structure, neighbours, grad=False, atoms=None) -> DescriptorValues:
+        mask = self._pair_mask(structure, neighbours)
+        if atoms is not None:
+            mask &= np.asarray(atoms, dtype=bool)[neighbours.i]
         r = neighbours.distance[mask]
         i = neighbours.i[mask]
         j = neighbours.j[mask]

@@ -351,18 +351,34 @@ class Soap(Descriptor):
         base = piece.rstrip()
         return [f"{base} n_species={len(species)} Z={z} species_Z={{{listed}}}" for z in species]
 
-    def calc(self, structure, neighbours, grad: bool = False) -> DescriptorValues:
+    @property
+    def splittable(self) -> bool:
+        return not self.params["average"]  # one global instance: cannot be computed in pieces
+
+    def _centre_mask(self, numbers):
+        if 0 in self.centre_Z:
+            return np.ones(numbers.size, dtype=bool)
+        return np.isin(numbers, self.centre_Z)
+
+    def gradient_rows(self, structure, neighbours):
+        numbers = np.asarray(structure.numbers, dtype=np.int64).reshape(-1)
+        is_centre = self._centre_mask(numbers)
+        channel_of_z = self._channel_map(numbers)
+        nl = neighbours
+        keep = (nl.distance < self.params["cutoff"]) & is_centre[nl.i] & (channel_of_z[numbers[nl.j]] >= 0)
+        return np.bincount(nl.i[keep], minlength=numbers.size) + is_centre
+
+    def calc(self, structure, neighbours, grad: bool = False, atoms=None) -> DescriptorValues:
         numbers = np.asarray(structure.numbers, dtype=np.int64).reshape(-1)
         positions = np.asarray(structure.positions, dtype=float).reshape(-1, 3)
         cell = np.asarray(structure.cell, dtype=float).reshape(3, 3)
         n_atoms = numbers.size
         d = self.dimensions
 
-        # centres (Z filter) and the pairs that enter the density
-        if 0 in self.centre_Z:
-            is_centre = np.ones(n_atoms, dtype=bool)
-        else:
-            is_centre = np.isin(numbers, self.centre_Z)
+        # centres (Z filter, and the optional atom subset) and the pairs that enter the density
+        is_centre = self._centre_mask(numbers)
+        if atoms is not None and not self.params["average"]:
+            is_centre = is_centre & np.asarray(atoms, dtype=bool)
         centres = np.flatnonzero(is_centre)
         n_centres = centres.size
         rank = np.full(n_atoms, -1, dtype=np.int64)
