@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -48,7 +49,7 @@ from .report import Reporter, human_bytes, peak_rss_bytes
 from .sparsify import SparseChoice, choose_sparse_points, make_rng, parse_config_type_n_sparse
 
 # Bytes of descriptor gradients accumulated before a chunk's K rows are built.
-CHUNK_BYTES = 32 * 1024 ** 2
+CHUNK_BYTES = 16 * 1024 ** 2
 CANDIDATE_METHODS = ("random", "uniform", "none", "index_file", "cur_points", "cur_covariance", "pivot",
                      "kmeans", "fuzzy", "cluster", "covariance")
 
@@ -340,9 +341,13 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
                              f"use more MPI ranks or fewer sparse points") from None
     b_local = np.zeros(n_local)
 
+    stats: Dict[str, float] = {}
     with log.phase("Covariance K_NM (descriptors and kernel rows)"):
         filled = _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigmas, e0, v, max_cutoff,
-                            log)
+                            log, stats)
+    log(f"   of which descriptors {stats['descriptor_seconds']:.2f} s, kernel rows {stats['kernel_seconds']:.2f} s "
+        f"({stats['gemm_flops'] / 1e9:.1f} GFLOP in matrix products, "
+        f"{stats['gemm_flops'] / 1e9 / max(stats['kernel_seconds'], 1e-9):.1f} GFLOP/s) on rank {comm.rank}")
     if filled != n_data_local:
         raise DataError(f"internal inconsistency: {filled} rows built, {n_data_local} expected")
     if v["linear_system_dump_file"]:
@@ -370,7 +375,15 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
             if v["export_covariance"] and r is not None:
                 files += rank0_call(comm, _write_r, r, gp_file, label)
     _report_files(log, files)
-    log.rank_table({"target rows": float(n_data_local)})
+    log.rank_table({"target rows": float(n_data_local), "local rows of A": float(n_local),
+                    "A bytes": 8.0 * n_local * n_sparse, "gemm GFLOP": stats["gemm_flops"] / 1e9,
+                    "descriptor s": stats["descriptor_seconds"], "kernel rows s": stats["kernel_seconds"]})
+    if v["report_file"]:
+        report = log.json_report()
+        report.update(version=__version__, n_sparse=n_sparse, target_rows=int(frame_rows_count.sum()),
+                      block_sizes={"mb": mb, "nb": nb, "local_rows": n_local}, files=files,
+                      coordinates=[{"descriptor": c.spec.piece.strip(), "n_sparse": c.n_sparse} for c in coords])
+        rank0_call(comm, _write_json, v["report_file"], report)
     return FitResult(model=model, alpha=alphas, sparse_x=[c.kernel.sparse_x for c in coords],
                      sparse_cutoff=[c.sparse_cutoff for c in coords], sparse_index=[ch.index for ch in choices],
                      e0=e0, timings=log.timing_summary(), files=files)
@@ -537,7 +550,7 @@ def _theta(comm, coord, x_all):
     return rank0_call(comm, compute)
 
 
-def _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigmas, e0, v, max_cutoff, log):
+def _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigmas, e0, v, max_cutoff, log, stats):
     """Build this rank's rows Σ^-1/2 K_NM and Σ^-1/2 y, chunk by chunk of frames."""
     n_columns = a_local.shape[1]
     if os.environ.get("GAPFIT_INJECT_FAILURE_RANK", "") == str(getattr(log, "rank", 0)):
@@ -547,6 +560,7 @@ def _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigm
     pending = []  # (frame rows, values per coordinate, n_atoms)
     pending_bytes = 0
     sigma_per_atom = v["kernel_regularisation_is_per_atom"]
+    stats.update(gemm_flops=0.0, descriptor_seconds=0.0, kernel_seconds=0.0)
 
     def write(k, y, sigma):
         nonlocal row
@@ -559,7 +573,9 @@ def _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigm
         nonlocal pending_bytes
         if pending:
             rows = [p[0] for p in pending]
-            k = k_nm_rows(coords, [p[1] for p in pending], rows, [p[2] for p in pending], n_columns)
+            t0 = time.perf_counter()
+            k = k_nm_rows(coords, [p[1] for p in pending], rows, [p[2] for p in pending], n_columns, stats=stats)
+            stats["kernel_seconds"] += time.perf_counter() - t0
             write(k, np.concatenate([r.y for r in rows]), np.concatenate([r.sigma for r in rows]))
         pending.clear()
         pending_bytes = 0
@@ -575,11 +591,17 @@ def _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigm
             flush()
             k = np.zeros((fr.y.size, n_columns))
             for atoms in _atom_groups(per_atom, CHUNK_BYTES):
+                t0 = time.perf_counter()
                 values = [c.descriptor.calc(frame, nl, grad=grad, atoms=atoms) for c in coords]
-                k += k_nm_rows(coords, [values], [fr], [len(frame)], n_columns)
+                t1 = time.perf_counter()
+                k += k_nm_rows(coords, [values], [fr], [len(frame)], n_columns, stats=stats)
+                stats["descriptor_seconds"] += t1 - t0
+                stats["kernel_seconds"] += time.perf_counter() - t1
             write(k, fr.y, fr.sigma)
             continue
+        t0 = time.perf_counter()
         values = [c.descriptor.calc(frame, nl, grad=grad) for c in coords]
+        stats["descriptor_seconds"] += time.perf_counter() - t0
         pending.append((fr, values, len(frame)))
         if per_atom is not None:
             pending_bytes += per_atom.sum()
@@ -661,6 +683,12 @@ def _write_r(r, gp_file, label):
 def _dump(prefix, comm, k_rows, b_rows):
     np.savetxt(f"{prefix}.A.{comm.rank}", k_rows)
     np.savetxt(f"{prefix}.b.{comm.rank}", b_rows)
+
+
+def _write_json(path, data):
+    import json
+    from .gap_xml import write_files_atomically
+    write_files_atomically({path: (json.dumps(data, indent=1, default=float) + "\n").encode()})
 
 
 def _report_files(log, files):

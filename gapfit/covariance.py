@@ -44,7 +44,7 @@ class Coordinate:
 
 
 # Bytes allowed for one block of gradient contributions C (n_rows × 3 × M doubles).
-DEFAULT_BLOCK_BYTES = 32 * 1024 ** 2
+DEFAULT_BLOCK_BYTES = 16 * 1024 ** 2
 
 
 def _row_layout(rows: Sequence[FrameRows]):
@@ -68,12 +68,13 @@ def _row_layout(rows: Sequence[FrameRows]):
 
 def k_nm_rows(coordinates: Sequence[Coordinate], frames_values: Sequence[Sequence[DescriptorValues]],
               rows: Sequence[FrameRows], atom_counts: Sequence[int], n_columns: int,
-              block_bytes: int = DEFAULT_BLOCK_BYTES) -> np.ndarray:
+              block_bytes: int = DEFAULT_BLOCK_BYTES, stats: Optional[dict] = None) -> np.ndarray:
     """K_NM rows (not yet scaled by 1/σ) of a chunk of frames.
 
     ``frames_values[f][c]`` are coordinate c's descriptor values (with gradients
     where the frame has derivative targets) of chunk frame f; ``rows[f]`` its
-    targets; ``atom_counts[f]`` its number of atoms.
+    targets; ``atom_counts[f]`` its number of atoms.  ``stats`` (optional) accumulates
+    the floating-point operations of the kernel matrix products (``gemm_flops``).
     """
     energy_row, force_start, virial_start, n_rows = _row_layout(rows)
     out = np.zeros((n_rows, n_columns))
@@ -97,20 +98,24 @@ def k_nm_rows(coordinates: Sequence[Coordinate], frames_values: Sequence[Sequenc
         sc = coord.sparse_cutoff
         cols = slice(coord.column, coord.column + kernel.n_sparse)
         block = kernel.prepare(x)
+        if stats is not None:
+            stats["gemm_flops"] = stats.get("gemm_flops", 0.0) + 2.0 * x.shape[0] * x.shape[1] * kernel.n_sparse
+        k_sc = block.k * sc[None, :]  # k̃(x, s) c_s
 
-        # energy rows
+        # energy rows: Σ_x k̃(x, s) c(x) c_s
         has_e = energy_row[inst_frame] >= 0
         if np.any(has_e):
-            k_cut = block.k[has_e] * cut[has_e, None]
-            pe = sp.csr_matrix((np.ones(int(has_e.sum())), (energy_row[inst_frame[has_e]], np.arange(int(has_e.sum())))),
-                               shape=(n_rows, int(has_e.sum())))
-            out[:, cols] += (pe @ k_cut) * sc[None, :]
+            n_e = int(has_e.sum())
+            pe = sp.csr_matrix((cut[has_e], (energy_row[inst_frame[has_e]], np.arange(n_e))), shape=(n_rows, n_e))
+            out[:, cols] += pe @ k_sc[has_e]
 
         # derivative rows
         grads = [(f, v) for f, v in enumerate(vals) if v.has_grad and v.grad_desc.size
                  and (rows[f].force_atoms.size or rows[f].has_virial)]
         if not grads:
             continue
+        # the cutoffs c(x) c_s folded into the gradient factor: one pass over each block less
+        factor = kernel.gradient_factor(block) * cut[:, None] * sc[None, :]
         inst_base = np.concatenate([[0], np.cumsum(n_inst)]).astype(np.int64)
         g_desc = np.concatenate([inst_base[f] + v.grad_desc for f, v in grads])
         g_frame = np.concatenate([np.full(v.grad_desc.size, f) for f, v in grads])
@@ -121,37 +126,38 @@ def k_nm_rows(coordinates: Sequence[Coordinate], frames_values: Sequence[Sequenc
         n_grad = g_desc.size
         block_rows = max(1, int(block_bytes // (3 * kernel.n_sparse * 8 * 2)))
         for start in range(0, n_grad, block_rows):
-            stop = min(n_grad, start + block_rows)
-            b = slice(start, stop)
+            b = slice(start, min(n_grad, start + block_rows))
             desc = g_desc[b]
-            contrib = kernel.contract(block, desc, g_x[b])  # (nb, 3, M)
-            contrib *= cut[desc][:, None, None]
-            contrib += block.k[desc][:, None, :] * g_cut[b][:, :, None]
-            p = _derivative_map(force_row_of_atom[g_atom[b]], virial_start[g_frame[b]], g_pos[b], n_rows)
-            out[:, cols] += (p @ contrib.reshape(-1, kernel.n_sparse)) * sc[None, :]
+            contrib = kernel.contract(block, desc, g_x[b], factor)  # (nb, 3, M): [∇k̃·∂x] c(x) c_s
+            if stats is not None:
+                stats["gemm_flops"] += 2.0 * 3 * desc.size * g_x.shape[2] * kernel.n_sparse
+            gc = g_cut[b]
+            if np.any(gc):  # + k̃ ∂c c_s (soap's covariance cutoff is constant)
+                contrib += k_sc[desc][:, None, :] * gc[:, :, None]
+            # forces: each gradient row adds to its atom's row (a sparse 0/1 map)
+            force_rows = force_row_of_atom[g_atom[b]]
+            if np.any(force_rows >= 0):
+                out[:, cols] += _force_map(force_rows, n_rows) @ contrib.reshape(-1, kernel.n_sparse)
+            # virials: W_lk = Σ_r pos_r,l C_r,k per frame, one small matrix product per frame
+            frames_b = g_frame[b]
+            bounds = np.flatnonzero(np.diff(frames_b)) + 1
+            for lo, hi in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [frames_b.size]])):
+                v0 = virial_start[frames_b[lo]]
+                if v0 < 0:
+                    continue
+                w = (g_pos[b][lo:hi].T @ contrib[lo:hi].reshape(hi - lo, -1)).reshape(3, 3, -1)
+                for v_index, (l, k) in enumerate(VIRIAL_COMPONENTS):
+                    out[v0 + v_index, cols] += w[l, k]
     return out
 
 
-def _derivative_map(force_row: np.ndarray, virial_start: np.ndarray, pos: np.ndarray, n_rows: int) -> sp.csr_matrix:
-    """Sparse map from gradient rows (r, k), flattened as 3r+k, to output rows."""
+def _force_map(force_row: np.ndarray, n_rows: int) -> sp.csr_matrix:
+    """Sparse 0/1 map from gradient rows (r, k), flattened as 3r+k, to force rows (-1: none)."""
     nb = force_row.size
-    col = np.arange(3 * nb).reshape(nb, 3)
-    rows_list, cols_list, data_list = [], [], []
     has_f = force_row >= 0
-    if np.any(has_f):
-        rows_list.append((force_row[has_f, None] + np.arange(3)[None, :]).reshape(-1))
-        cols_list.append(col[has_f].reshape(-1))
-        data_list.append(np.ones(3 * int(has_f.sum())))
-    has_v = virial_start >= 0
-    if np.any(has_v):
-        for v_index, (l, k) in enumerate(VIRIAL_COMPONENTS):
-            rows_list.append(virial_start[has_v] + v_index)
-            cols_list.append(col[has_v, k])
-            data_list.append(pos[has_v, l])
-    if not rows_list:
-        return sp.csr_matrix((n_rows, 3 * nb))
-    return sp.csr_matrix((np.concatenate(data_list), (np.concatenate(rows_list), np.concatenate(cols_list))),
-                         shape=(n_rows, 3 * nb))
+    rows = (force_row[has_f, None] + np.arange(3)[None, :]).reshape(-1)
+    cols = np.arange(3 * nb).reshape(nb, 3)[has_f].reshape(-1)
+    return sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n_rows, 3 * nb))
 
 
 def k_mm(coordinates: Sequence[Coordinate], sparse_jitter: float) -> np.ndarray:

@@ -458,10 +458,12 @@ TOP_LEVEL = Schema([
     # "data" (default): file order, so an MPI run chooses exactly what a serial run chooses;
     # "rank": rank 0's frames, then rank 1's, ... as gap_fit's MPI runs (to reproduce them).
     Param("mpi_candidate_order", choice("data", "rank"), "data"),
+    # gapfit extension: a machine-readable JSON report (timings, per-rank rows and peak memory)
+    Param("report_file", to_str, ""),
 ])
 
 # Options that gapfit adds to gap_fit's set (documented in README).
-GAPFIT_EXTENSIONS = ("mpi_candidate_order",)
+GAPFIT_EXTENSIONS = ("mpi_candidate_order", "report_file")
 
 # Keys that gap_fit registers but whose features gapfit does not implement: giving
 # them a non-default value is refused, never silently ignored.

@@ -73,6 +73,18 @@ class Reporter:
         for r in rows:
             self(indent + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
 
+    def json_report(self) -> dict:
+        """Per-rank phases, extras and peak RSS as gathered by :meth:`rank_table` (rank 0)."""
+        gathered = getattr(self, "gathered", None) or []
+        names = [n for n, _ in gathered[0]["phases"]] if gathered else []
+        return {
+            "ranks": self.size,
+            "phases": {n: [dict(g["phases"]).get(n) for g in gathered] for n in names},
+            "peak_rss_bytes": [g["rss"] for g in gathered],
+            "per_rank": [g["extra"] for g in gathered],
+            "total_wall_seconds": time.perf_counter() - self.start,
+        }
+
     def timing_summary(self) -> Dict[str, float]:
         return {name: dt for name, dt, _ in self.phases}
 
@@ -80,6 +92,7 @@ class Reporter:
         """Gather every rank's phase times, rows and peak RSS; print min/mean/max on rank 0."""
         local = {"phases": [(n, dt) for n, dt, _ in self.phases], "rss": peak_rss_bytes(), "extra": extra or {}}
         gathered = self.comm.gather(local, root=0) if self.comm is not None and self.size > 1 else [local]
+        self.gathered = gathered
         if self.rank != 0 or self.quiet:
             return
         names = [n for n, _ in gathered[0]["phases"]]
