@@ -74,6 +74,29 @@ def gib(n):
     return f"{n / 1024 ** 3:.2f} GiB"
 
 
+def dgemm_rate(threads, n=3000, repeats=3):
+    """This machine's DGEMM rate (GFLOP/s) with ``threads`` BLAS threads, in a fresh process."""
+    code = ("import time, numpy as np\n"
+            f"a = np.random.rand({n}, {n}); b = np.random.rand({n}, {n}); a @ b\n"
+            "t = time.perf_counter()\n"
+            f"for _ in range({repeats}): a @ b\n"
+            f"print(2 * {n}**3 * {repeats} / (time.perf_counter() - t) / 1e9)\n")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    return float(out.stdout.strip())
+
+
+def covariance_rate(log_path):
+    """gapfit's own report of the kernel-row matrix products: (GFLOP, seconds of the kernel rows)."""
+    import re
+    text = open(log_path, errors="replace").read()
+    m = re.search(r"kernel rows ([0-9.]+) s \(([0-9.]+) GFLOP in matrix products", text)
+    phase = re.search(r"Covariance K_NM \(descriptors and kernel rows\): ([0-9.]+) s wall", text)
+    if not m:
+        return None
+    return float(m.group(2)), float(m.group(1)), float(phase.group(1)) if phase else None
+
+
 def compare_models(xml_a, xml_b, data, n_frames=50):
     """Max |ΔE|/atom and max |ΔF| between two models on the first frames of the data."""
     import numpy as np
@@ -133,6 +156,14 @@ def main(argv=None):
     print(f"|---|---|---|")
     for name, (status, wall, rss, _) in results.items():
         print(f"| {name} | {wall:.1f}{'' if status == 0 else ' (failed)'} | {gib(rss)} |")
+    rate = covariance_rate(os.path.join(scratch, "gapfit", "log.txt")) if results["gapfit"][0] == 0 else None
+    if rate:
+        peak = dgemm_rate(args.threads)
+        flops, kernel_s, phase_s = rate
+        print(f"\nDGEMM rate of this machine ({args.threads} threads): {peak:.0f} GFLOP/s")
+        print(f"gapfit covariance: {flops:.0f} GFLOP of matrix products; kernel rows {kernel_s:.1f} s = "
+              f"{flops / kernel_s:.0f} GFLOP/s ({100 * flops / kernel_s / peak:.0f}% of DGEMM); whole phase with "
+              f"descriptor gradients {phase_s:.1f} s = {100 * flops / phase_s / peak:.0f}% of DGEMM")
     if "gap_fit" in results and results["gap_fit"][0] == 0 and results["gapfit"][0] == 0:
         g, q = results["gapfit"], results["gap_fit"]
         print(f"| ratio gapfit/gap_fit | {g[1] / q[1]:.3f} | {g[2] / q[2]:.3f} |")

@@ -301,8 +301,8 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
 
     label = rank0_call(comm, make_label)
     xyz_lines = None
-    if v["do_copy_atoms_file"]:
-        xyz_lines = rank0_call(comm, source.text_lines)
+    if v["do_copy_atoms_file"]:  # only rank 0 writes the XML: the copy stays there
+        xyz_lines = rank0_only(comm, source.text_lines)
 
     if sparsify_only:
         model = _model(label, e0, coords, [np.zeros(c.n_sparse) for c in coords], opts, xyz_lines, fitted=False)
@@ -418,7 +418,9 @@ def _prepare_data(source, specs, v, given, names, sigmas):
         raise DataError(f"no frame has the energy key '{names.energy}' (energy_parameter_name)"
                         + (f"; the data has {', '.join(hint)}" if hint else ""))
     e0, how = compute_e0(v, given, entries, singles, species, names, max_cutoff, neighbour_list)
-    # entries are broadcast to every rank: drop what only rank 0 needed
+    # the entries are broadcast to every rank, which only needs where each frame is
+    for e in entries:
+        e.info, e.numbers, e.logical_arrays = {}, e.numbers[:0], {}
     return entries, species, e0, how, labels
 
 

@@ -106,8 +106,10 @@ def k_nm_rows(coordinates: Sequence[Coordinate], frames_values: Sequence[Sequenc
         has_e = energy_row[inst_frame] >= 0
         if np.any(has_e):
             n_e = int(has_e.sum())
-            pe = sp.csr_matrix((cut[has_e], (energy_row[inst_frame[has_e]], np.arange(n_e))), shape=(n_rows, n_e))
-            out[:, cols] += pe @ k_sc[has_e]
+            e_rows = energy_row[inst_frame[has_e]]
+            lo_row, hi_row = int(e_rows.min()), int(e_rows.max()) + 1
+            pe = sp.csr_matrix((cut[has_e], (e_rows - lo_row, np.arange(n_e))), shape=(hi_row - lo_row, n_e))
+            out[lo_row:hi_row, cols] += pe @ k_sc[has_e]
 
         # derivative rows
         grads = [(f, v) for f, v in enumerate(vals) if v.has_grad and v.grad_desc.size
@@ -117,47 +119,73 @@ def k_nm_rows(coordinates: Sequence[Coordinate], frames_values: Sequence[Sequenc
         # the cutoffs c(x) c_s folded into the gradient factor: one pass over each block less
         factor = kernel.gradient_factor(block) * cut[:, None] * sc[None, :]
         inst_base = np.concatenate([[0], np.cumsum(n_inst)]).astype(np.int64)
-        g_desc = np.concatenate([inst_base[f] + v.grad_desc for f, v in grads])
-        g_frame = np.concatenate([np.full(v.grad_desc.size, f) for f, v in grads])
-        g_atom = np.concatenate([atom_base[f] + v.grad_atom for f, v in grads])
-        g_x = np.concatenate([v.grad_x for _, v in grads]) if len(grads) > 1 else grads[0][1].grad_x
-        g_cut = np.concatenate([v.grad_cutoff for _, v in grads])
-        g_pos = np.concatenate([v.grad_pos for _, v in grads])
-        n_grad = g_desc.size
         block_rows = max(1, int(block_bytes // (3 * kernel.n_sparse * 8 * 2)))
-        for start in range(0, n_grad, block_rows):
-            b = slice(start, min(n_grad, start + block_rows))
-            desc = g_desc[b]
-            contrib = kernel.contract(block, desc, g_x[b], factor)  # (nb, 3, M): [∇k̃·∂x] c(x) c_s
+        for parts in _gradient_blocks(grads, block_rows):
+            # one block of gradient rows: a view into one frame's arrays, or a few small frames joined
+            desc = _join([inst_base[f] + v.grad_desc[lo:hi] for f, v, lo, hi in parts])
+            g_x = _join([v.grad_x[lo:hi] for _, v, lo, hi in parts])
+            g_cut = _join([v.grad_cutoff[lo:hi] for _, v, lo, hi in parts])
+            g_pos = _join([v.grad_pos[lo:hi] for _, v, lo, hi in parts])
+            g_atom = _join([atom_base[f] + v.grad_atom[lo:hi] for f, v, lo, hi in parts])
+            contrib = kernel.contract(block, desc, g_x, factor)  # (nb, 3, M): [∇k̃·∂x] c(x) c_s
             if stats is not None:
                 stats["gemm_flops"] += 2.0 * 3 * desc.size * g_x.shape[2] * kernel.n_sparse
-            gc = g_cut[b]
-            if np.any(gc):  # + k̃ ∂c c_s (soap's covariance cutoff is constant)
-                contrib += k_sc[desc][:, None, :] * gc[:, :, None]
-            # forces: each gradient row adds to its atom's row (a sparse 0/1 map)
-            force_rows = force_row_of_atom[g_atom[b]]
-            if np.any(force_rows >= 0):
-                out[:, cols] += _force_map(force_rows, n_rows) @ contrib.reshape(-1, kernel.n_sparse)
+            if np.any(g_cut):  # + k̃ ∂c c_s (soap's covariance cutoff is constant)
+                contrib += k_sc[desc][:, None, :] * g_cut[:, :, None]
+            # forces: each gradient row adds to its atom's row (a sparse 0/1 map onto the rows it touches)
+            force_rows = force_row_of_atom[g_atom]
+            touched = force_rows[force_rows >= 0]
+            if touched.size:
+                lo_row, hi_row = int(touched.min()), int(touched.max()) + 3
+                out[lo_row:hi_row, cols] += (_force_map(force_rows - lo_row, hi_row - lo_row)
+                                             @ contrib.reshape(-1, kernel.n_sparse))
             # virials: W_lk = Σ_r pos_r,l C_r,k per frame, one small matrix product per frame
-            frames_b = g_frame[b]
-            bounds = np.flatnonzero(np.diff(frames_b)) + 1
-            for lo, hi in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [frames_b.size]])):
-                v0 = virial_start[frames_b[lo]]
-                if v0 < 0:
-                    continue
-                w = (g_pos[b][lo:hi].T @ contrib[lo:hi].reshape(hi - lo, -1)).reshape(3, 3, -1)
-                for v_index, (l, k) in enumerate(VIRIAL_COMPONENTS):
-                    out[v0 + v_index, cols] += w[l, k]
+            start = 0
+            for f, v, lo, hi in parts:
+                n = hi - lo
+                v0 = virial_start[f]
+                if v0 >= 0:
+                    w = (g_pos[start:start + n].T @ contrib[start:start + n].reshape(n, -1)).reshape(3, 3, -1)
+                    for v_index, (l, k) in enumerate(VIRIAL_COMPONENTS):
+                        out[v0 + v_index, cols] += w[l, k]
+                start += n
     return out
 
 
-def _force_map(force_row: np.ndarray, n_rows: int) -> sp.csr_matrix:
-    """Sparse 0/1 map from gradient rows (r, k), flattened as 3r+k, to force rows (-1: none)."""
-    nb = force_row.size
-    has_f = force_row >= 0
-    rows = (force_row[has_f, None] + np.arange(3)[None, :]).reshape(-1)
-    cols = np.arange(3 * nb).reshape(nb, 3)[has_f].reshape(-1)
-    return sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n_rows, 3 * nb))
+def _join(arrays):
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def _gradient_blocks(grads, block_rows):
+    """Blocks of about ``block_rows`` gradient rows as lists of (frame, values, lo, hi) slices.
+
+    A frame's rows are split into whole blocks (views, no copy); small frames are grouped.
+    """
+    parts, size = [], 0
+    for f, v in grads:
+        n = v.grad_desc.size
+        lo = 0
+        while lo < n:
+            hi = min(n, lo + block_rows - size)
+            parts.append((f, v, lo, hi))
+            size += hi - lo
+            lo = hi
+            if size >= block_rows:
+                yield parts
+                parts, size = [], 0
+    if parts:
+        yield parts
+
+
+def _force_map(force_row: np.ndarray, n_rows: int) -> sp.csc_matrix:
+    """Sparse 0/1 map from gradient rows (r, k), flattened as 3r+k, to force rows (-1: none).
+
+    Built directly in CSC form (one entry at most per column: no sorting).
+    """
+    has_f = np.repeat(force_row >= 0, 3)
+    rows = (force_row[:, None] + np.arange(3)[None, :]).reshape(-1)[has_f]
+    indptr = np.concatenate([[0], np.cumsum(has_f)])
+    return sp.csc_matrix((np.ones(rows.size), rows, indptr), shape=(n_rows, has_f.size))
 
 
 def k_mm(coordinates: Sequence[Coordinate], sparse_jitter: float) -> np.ndarray:

@@ -140,15 +140,20 @@ def select_random(n: int, m: int, rng) -> np.ndarray:
     return np.sort(rng.choice(n, size=m, replace=False)).astype(np.int64)
 
 
-def read_sparse_file(path: str, d: int, where: str):
-    """``sparse_method=file``: per point one cutoff then d values (any whitespace)."""
+def _read_tokens(path: str, where: str) -> List[str]:
+    """The whitespace-separated words of a sparse_file, with one-line errors."""
     try:
         with open(path) as fh:
-            numbers = fh.read().split()
+            return fh.read().split()
     except FileNotFoundError:
         raise ConfigError(f"sparse_file '{path}' {where} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"sparse_file '{path}' {where} cannot be read: {exc.strerror}") from None
+
+
+def read_sparse_file(path: str, d: int, where: str):
+    """``sparse_method=file``: per point one cutoff then d values (any whitespace)."""
+    numbers = _read_tokens(path, where)
     try:
         values = np.array([float(v.replace("d", "e").replace("D", "E")) for v in numbers])
     except ValueError:
@@ -166,13 +171,7 @@ def read_sparse_file(path: str, d: int, where: str):
 
 def read_index_file(path: str, n_candidates: int, where: str) -> np.ndarray:
     """``sparse_method=index_file``: 1-based indices into the coordinate's instances."""
-    try:
-        with open(path) as fh:
-            tokens = fh.read().split()
-    except FileNotFoundError:
-        raise ConfigError(f"sparse_file '{path}' {where} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"sparse_file '{path}' {where} cannot be read: {exc.strerror}") from None
+    tokens = _read_tokens(path, where)
     try:
         idx = np.array([int(t) for t in tokens], dtype=np.int64)
     except ValueError:
