@@ -103,6 +103,12 @@ def compare_models(xml_a, xml_b, data, n_frames=50):
     from ase.io import read
     from gapfit.calculator import GapCalculator
 
+    from gapfit.gap_xml import read_model
+    same = []
+    for a, b in zip(read_model(xml_a).coordinates, read_model(xml_b).coordinates):
+        rows_b = {tuple(r) for r in np.round(b.sparse_x, 7)}
+        n = sum(tuple(r) in rows_b for r in np.round(a.sparse_x, 7))
+        same.append(f"{n}/{a.sparse_x.shape[0]}")
     frames = read(data, f":{n_frames}")
     ca, cb = GapCalculator(xml_a), GapCalculator(xml_b)
     de = df = 0.0
@@ -111,7 +117,7 @@ def compare_models(xml_a, xml_b, data, n_frames=50):
         a.calc, b.calc = ca, cb
         de = max(de, abs(a.get_potential_energy() - b.get_potential_energy()) / len(atoms))
         df = max(df, float(np.abs(a.get_forces() - b.get_forces()).max()))
-    return de, df
+    return de, df, ", ".join(same)
 
 
 def main(argv=None):
@@ -152,10 +158,18 @@ def main(argv=None):
         state = "ok" if status == 0 else f"FAILED (exit {status}; see {wd}/log.txt)"
         print(f"  {name:8s} {state:10s} wall {wall:8.1f} s   peak RSS {gib(rss)}")
     print()
-    print(f"| program | wall time (s) | peak RSS | ")
-    print(f"|---|---|---|")
+    print("| program | wall time (s) | peak RSS |")
+    print("|---|---|---|")
     for name, (status, wall, rss, _) in results.items():
         print(f"| {name} | {wall:.1f}{'' if status == 0 else ' (failed)'} | {gib(rss)} |")
+    both = "gap_fit" in results and results["gap_fit"][0] == 0 and results["gapfit"][0] == 0
+    if both:
+        g, q = results["gapfit"], results["gap_fit"]
+        print(f"| ratio gapfit/gap_fit | {g[1] / q[1]:.3f} | {g[2] / q[2]:.3f} |")
+    if "gap_fit" in results and results["gap_fit"][0] != 0:
+        lines = open(os.path.join(scratch, "gap_fit", "log.txt"), errors="replace").read().strip().splitlines()
+        why = [l.strip() for l in lines if "Error allocating" in l or "SYSTEM ABORT" in l or "error" in l.lower()]
+        print("\ngap_fit failed: " + " / ".join((why or lines[-3:])[:2]))
     rate = covariance_rate(os.path.join(scratch, "gapfit", "log.txt")) if results["gapfit"][0] == 0 else None
     if rate:
         peak = dgemm_rate(args.threads)
@@ -164,12 +178,10 @@ def main(argv=None):
         print(f"gapfit covariance: {flops:.0f} GFLOP of matrix products; kernel rows {kernel_s:.1f} s = "
               f"{flops / kernel_s:.0f} GFLOP/s ({100 * flops / kernel_s / peak:.0f}% of DGEMM); whole phase with "
               f"descriptor gradients {phase_s:.1f} s = {100 * flops / phase_s / peak:.0f}% of DGEMM")
-    if "gap_fit" in results and results["gap_fit"][0] == 0 and results["gapfit"][0] == 0:
-        g, q = results["gapfit"], results["gap_fit"]
-        print(f"| ratio gapfit/gap_fit | {g[1] / q[1]:.3f} | {g[2] / q[2]:.3f} |")
-        de, df = compare_models(q[3], g[3], data)
-        print(f"\nmodels agree on the first 50 frames to {de:.2e} eV/atom and {df:.2e} eV/Å "
-              f"(different sparse points give different models)")
+    if both:
+        de, df, same = compare_models(q[3], g[3], data)
+        print(f"\nsparse points in common: {same}; the two models agree on the first 50 frames to "
+              f"{de:.2e} eV/atom and {df:.2e} eV/Å")
     if not args.keep:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0 if all(r[0] == 0 for r in results.values()) else 1

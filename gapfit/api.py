@@ -298,6 +298,7 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
         column += c.n_sparse
     n_sparse = column
     log(f"Sparse points: {', '.join(str(c.n_sparse) for c in coords)} (total M = {n_sparse})")
+    _release_freed_memory()  # the candidates were many small arrays: hand their pages back before A
 
     label = rank0_call(comm, make_label)
     xyz_lines = None
@@ -685,6 +686,15 @@ def _write_r(r, gp_file, label):
 def _dump(prefix, comm, k_rows, b_rows):
     np.savetxt(f"{prefix}.A.{comm.rank}", k_rows)
     np.savetxt(f"{prefix}.b.{comm.rank}", b_rows)
+
+
+def _release_freed_memory():
+    """Return freed heap pages to the operating system (glibc), so that peak RSS ~ live data."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _write_json(path, data):
