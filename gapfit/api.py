@@ -562,18 +562,20 @@ def _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigm
     row = 0
     pending = []  # (frame rows, values per coordinate, n_atoms)
     pending_bytes = 0
+    flushes = 0
     sigma_per_atom = v["kernel_regularisation_is_per_atom"]
     stats.update(gemm_flops=0.0, descriptor_seconds=0.0, kernel_seconds=0.0)
 
     def write(k, y, sigma):
         nonlocal row
         n = y.size
-        a_local[row:row + n] = k / sigma[:, None]  # Σ^-1/2 K_NM
+        k /= sigma[:, None]
+        a_local[row:row + n] = k  # Σ^-1/2 K_NM
         b_local[row:row + n] = y / sigma  # Σ^-1/2 y
         row += n
 
     def flush():
-        nonlocal pending_bytes
+        nonlocal pending_bytes, flushes
         if pending:
             rows = [p[0] for p in pending]
             t0 = time.perf_counter()
@@ -582,6 +584,9 @@ def _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigm
             write(k, np.concatenate([r.y for r in rows]), np.concatenate([r.sigma for r in rows]))
         pending.clear()
         pending_bytes = 0
+        flushes += 1
+        if flushes % 4 == 0:  # the chunks' temporaries fragment the heap; keep RSS ~ A + one chunk
+            _release_freed_memory()
 
     for frame in source.read([entries[f] for f in my_frames]):
         fr = frame_rows(frame, names, sigmas, e0, sigma_per_atom)
@@ -606,6 +611,7 @@ def _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigm
         values = [c.descriptor.calc(frame, nl, grad=grad) for c in coords]
         stats["descriptor_seconds"] += time.perf_counter() - t0
         pending.append((fr, values, len(frame)))
+        pending_bytes += 8.0 * fr.y.size * n_columns  # the chunk's K rows
         if per_atom is not None:
             pending_bytes += per_atom.sum()
         else:  # descriptor values + the kernel matrices k(x, s) of their instances

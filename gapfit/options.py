@@ -37,7 +37,7 @@ def join_argv(argv: Sequence[str]) -> str:
     """Join command-line words into one option string, as gap_fit does."""
     parts = []
     for word in argv:
-        word = word.strip()
+        word = " ".join(word.split("\n")).strip()  # a quoted value may span lines
         if not word:
             continue
         if " " in word:

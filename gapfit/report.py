@@ -19,6 +19,15 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def current_rss_bytes() -> int:
+    """Resident set size now (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * resource.getpagesize()
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -63,7 +72,7 @@ class Reporter:
         dt = time.perf_counter() - t0
         rss = peak_rss_bytes()
         self.phases.append((name, dt, rss))
-        self(f"   {name}: {dt:.2f} s wall, peak RSS {human_bytes(rss)}")
+        self(f"   {name}: {dt:.2f} s wall, peak RSS {human_bytes(rss)} (now {human_bytes(current_rss_bytes())})")
 
     def table(self, header: List[str], rows: List[List[str]], indent: str = "  ") -> None:
         widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))

@@ -13,6 +13,7 @@ BASE = ["at_file=x.xyz", "default_sigma={0.01 1.0 0.5 0.0}",
 def test_join_argv_quotes_words_with_spaces():
     assert join_argv(["a=b c", "gap={x y}", "d"]) == 'a="b c" gap={x y} d'
     assert join_argv(["plain phrase"]) == '"plain phrase"'
+    assert join_argv(["gap={x\n y}"]) == "gap={x  y}"  # a quoted shell value spanning lines
 
 
 def test_split_fields_groups_and_separators():
