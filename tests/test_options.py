@@ -32,7 +32,7 @@ def test_defaults_aliases_and_last_occurrence_wins():
     assert o["sparse_jitter"] == 2e-3
     assert o["default_sigma"] == [0.01, 1.0, 0.5, 0.0]
     assert o["e0_method"] == "isolated" and o["sparse_separate_file"] is True
-    assert o["mpi_blocksize_cols"] == 100 and o["rnd_seed"] == -1
+    assert o["mpi_blocksize_cols"] == 32 and o["rnd_seed"] == -1  # gap_fit: 100 (speed only)
     assert o.has("gp_file") and not o.has("e0")
 
 

@@ -54,7 +54,7 @@ from ..errors import GapfitError, NumericalError
 
 INT32_MAX = 2**31 - 1
 ENV_OVERRIDE = "GAPFIT_SCALAPACK_LIB"
-DEFAULT_NB = 100  # gap_fit's mpi_blocksize_cols default
+DEFAULT_NB = 32  # gapfit's mpi_blocksize_cols default (gap_fit: 100)
 _CHECK_DIAG = True  # our own zero-diagonal test before pdtrtrs (tests switch it off to exercise pdtrtrs's info)
 
 __all__ = [
