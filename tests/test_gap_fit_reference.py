@@ -53,6 +53,18 @@ def test_quip_reference_run(tmp_path, name):
         assert da < 1e-5
 
 
+def _prediction_differences(xml_a, xml_b, frames):
+    """Max |ΔE| per atom (eV) and max |ΔF| (eV/Å) between two models on ``frames``."""
+    calc_a, calc_b = GapCalculator(str(xml_a)), GapCalculator(str(xml_b))
+    de = df = 0.0
+    for atoms in frames:
+        a, b = atoms.copy(), atoms.copy()
+        a.calc, b.calc = calc_a, calc_b
+        de = max(de, abs(a.get_potential_energy() - b.get_potential_energy()) / len(atoms))
+        df = max(df, np.abs(a.get_forces() - b.get_forces()).max())
+    return de, df
+
+
 TA_2B = ("distance_2b cutoff=5.0 cutoff_transition_width=1.0 covariance_type=ard_se delta=2.0 theta_uniform=0.75 "
          "n_sparse=25 sparse_method=uniform")
 
@@ -70,13 +82,7 @@ def test_same_model_as_gap_fit_on_ta(tmp_path, gap_fit):
     assert proc.returncode == 0, proc.stdout[-3000:]
     proc = run_gapfit(common + ["gp_file=gapfit.xml"], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    ref, ours = GapCalculator(str(tmp_path / "gap_fit.xml")), GapCalculator(str(tmp_path / "gapfit.xml"))
-    de = df = 0.0
-    for atoms in held_out:
-        a, b = atoms.copy(), atoms.copy()
-        a.calc, b.calc = ref, ours
-        de = max(de, abs(a.get_potential_energy() - b.get_potential_energy()) / len(atoms))
-        df = max(df, np.abs(a.get_forces() - b.get_forces()).max())
+    de, df = _prediction_differences(tmp_path / "gap_fit.xml", tmp_path / "gapfit.xml", held_out)
     ma, mb = read_model(str(tmp_path / "gap_fit.xml")), read_model(str(tmp_path / "gapfit.xml"))
     dx = np.abs(ma.coordinates[0].sparse_x - mb.coordinates[0].sparse_x).max()
     print(f"Ta distance_2b, gap_fit vs gapfit on {len(held_out)} held-out frames: max |ΔE|/atom = {de:.2e} eV, "
@@ -177,13 +183,7 @@ def test_same_soap_model_as_gap_fit_on_ta(tmp_path, gap_fit):
     ma, mb = read_model(str(tmp_path / "gap_fit.xml")), read_model(str(tmp_path / "gapfit.xml"))
     for a, b in zip(ma.coordinates, mb.coordinates):
         assert np.abs(a.sparse_x - b.sparse_x).max() < 1e-12
-    ref, ours = GapCalculator(str(tmp_path / "gap_fit.xml")), GapCalculator(str(tmp_path / "gapfit.xml"))
-    de = df = 0.0
-    for atoms in held_out:
-        a, b = atoms.copy(), atoms.copy()
-        a.calc, b.calc = ref, ours
-        de = max(de, abs(a.get_potential_energy() - b.get_potential_energy()) / len(atoms))
-        df = max(df, np.abs(a.get_forces() - b.get_forces()).max())
+    de, df = _prediction_differences(tmp_path / "gap_fit.xml", tmp_path / "gapfit.xml", held_out)
     print(f"Ta soap+2b, gap_fit vs gapfit with the same {sum(c.sparse_x.shape[0] for c in mb.coordinates)} sparse "
           f"points on {len(held_out)} held-out frames: max |ΔE|/atom = {de:.2e} eV, max |ΔF| = {df:.2e} eV/Å")
     assert de < 1e-6 and df < 1e-5
