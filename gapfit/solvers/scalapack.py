@@ -358,7 +358,9 @@ def _agree_seen(comm, errors):
             kind, msg = err
             if comm.size > 1 and any(e != err for e in errors):
                 msg = f"rank {rank}: {msg}"
-            raise _ERROR_KINDS[kind](msg)
+            exc = _ERROR_KINDS[kind](msg)
+            exc.collective = True  # every rank raises it: the CLI prints it once, from rank 0
+            raise exc
 
 
 def _load_agreed(comm):
