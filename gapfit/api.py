@@ -26,10 +26,9 @@ Example
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -42,7 +41,7 @@ from .extxyz import MemorySource, XyzFileSource
 from .gap_xml import CoordinateModel, GapModel, check_writable, make_label, write_model
 from .kernels import make_kernel
 from .neighbours import neighbour_list
-from .options import (TOP_LEVEL, TopLevelOptions, expand_species, parse_gap_piece, parse_top_level,
+from .options import (TOP_LEVEL, TopLevelOptions, expand_species, key_values, parse_gap_piece, parse_top_level,
                       split_fields)
 from .parallel import SerialComm, rank0_call, rank0_only
 from .report import Reporter, human_bytes, peak_rss_bytes
@@ -194,23 +193,12 @@ def _banner(log: Reporter, opts: TopLevelOptions, comm, blas_info: str):
     if blas_info:
         log(f"  BLAS: {blas_info}")
     log.title("Options")
+    spellings = {k for k, _ in key_values(opts.option_string)}  # as the user wrote them (aliases)
     for p in TOP_LEVEL.params:
         if p.name in opts.given:
-            alias = next((a for a in p.names if a in _given_spellings(opts)), p.name)
+            alias = next((a for a in p.names if a in spellings), p.name)
             log(f"  {alias} = {opts.given[p.name]}")
-    log(f"  (other options at their gap_fit defaults)")
-
-
-def _given_spellings(opts):
-    return {k for k, _ in _pairs(opts.option_string)}
-
-
-def _pairs(text):
-    from .options import key_values
-    try:
-        return key_values(text)
-    except ConfigError:
-        return []
+    log("  (other options at their gap_fit defaults)")
 
 
 def _blas_info() -> str:
@@ -277,7 +265,7 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
         log(f"Frames per rank: {', '.join(map(str, counts))}; target rows per rank: {', '.join(map(str, per_rank))}")
 
     if v["dryrun"]:
-        _memory_estimate(log, comm, source, entries, my_frames, coords, labels, frame_rows_count, owner, max_cutoff)
+        _memory_estimate(log, comm, source, entries, my_frames, coords, frame_rows_count, owner, max_cutoff)
         log("dryrun=T: stopping before the fit")
         return FitResult(model=None, alpha=[], sparse_x=[], sparse_cutoff=[], sparse_index=[], e0=e0)
 
@@ -682,10 +670,9 @@ def _model(label, e0, coords, alphas, opts, xyz_lines, fitted):
 
 
 def _write_r(r, gp_file, label):
-    from .gap_xml import write_files_atomically
+    from .gap_xml import array_file_bytes, write_files_atomically
     path = f"{gp_file}.R.{label}"
-    data = "".join("%.20e\n" % x for x in np.asarray(np.triu(r), dtype=float).reshape(-1, order="F")).encode()
-    write_files_atomically({path: data})
+    write_files_atomically({path: array_file_bytes(np.triu(r).reshape(-1, order="F"))})
     return [path]
 
 
@@ -719,7 +706,7 @@ def _report_files(log, files):
         log(f"  {f} ({human_bytes(size)})")
 
 
-def _memory_estimate(log, comm, source, entries, my_frames, coords, labels, frame_rows_count, owner, max_cutoff):
+def _memory_estimate(log, comm, source, entries, my_frames, coords, frame_rows_count, owner, max_cutoff):
     """dryrun=T: count instances and gradient rows, then estimate the peak memory per rank."""
     n_coord = len(coords)
     counts = np.zeros((n_coord, 2), dtype=np.int64)  # instances, gradient rows

@@ -13,7 +13,7 @@ ASE's stress is −W/V.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes

@@ -39,18 +39,6 @@ def _help_text() -> str:
     return "\n".join(lines)
 
 
-def _limit_blas_threads(comm):
-    """One BLAS thread per rank under MPI unless the user chose (OMP_NUM_THREADS etc.)."""
-    if comm.size > 1 and not any(k in os.environ for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                           "MKL_NUM_THREADS")):
-        try:
-            from threadpoolctl import threadpool_limits
-            return threadpool_limits(1)
-        except Exception:  # pragma: no cover
-            return None
-    return None
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ("-h", "--help", "help"):
@@ -72,7 +60,6 @@ def main(argv=None) -> int:
         return 1
     verbose = any(a.replace(" ", "").lower().startswith("verbosity=") and
                   a.split("=", 1)[1].strip().upper() in ("VERBOSE", "NERD", "ANALYSIS") for a in argv)
-    limits = _limit_blas_threads(comm)
     try:
         from .options import parse_top_level, read_config_file
 
@@ -95,9 +82,6 @@ def main(argv=None) -> int:
         return 130
     except BaseException as exc:  # noqa: BLE001 - every failure becomes one line and an exit status
         return _report_failure(comm, exc, verbose)
-    finally:
-        if limits is not None:
-            limits.unregister() if hasattr(limits, "unregister") else None
 
 
 def _report_failure(comm, exc, verbose) -> int:

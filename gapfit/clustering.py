@@ -743,7 +743,6 @@ def _medoid(dm: np.ndarray, members: np.ndarray) -> int:
 
 def _kmedoid_refine(dm: np.ndarray, medoids: np.ndarray, log):
     """Assign every object to its nearest medoid, re-centre, until the medoids stop changing."""
-    n = dm.shape[0]
     medoids = medoids.copy()
     for _ in range(MAX_ITERATIONS):
         label = np.argmin(dm[:, medoids], axis=1)

@@ -406,9 +406,6 @@ class Distribution:
         """Rows every rank's block must hold (before rounding up to the block size)."""
         return int(np.max(self.data_rows + self.u_count)) if self.n_ranks else 0
 
-    def frames_of(self, rank: int) -> np.ndarray:
-        return np.nonzero(self.owner == rank)[0]
-
 
 def assign_frames(frame_rows: Sequence[int], n_ranks: int) -> np.ndarray:
     """Greedy longest-first assignment: the owner rank of every frame.

@@ -18,9 +18,9 @@ import datetime
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional, Sequence
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape
 
 import numpy as np
 
@@ -107,10 +107,14 @@ def _cdata_lines(text: str, indent: str) -> List[str]:
     return out
 
 
+def array_file_bytes(values) -> bytes:
+    """QUIP's array files (fwrite_array_d): one ``%.20e`` value per line, in the order given."""
+    return "".join("%.20e\n" % v for v in np.asarray(values, dtype=float).reshape(-1)).encode("ascii")
+
+
 def sparse_file_bytes(sparse_x: np.ndarray) -> bytes:
-    """The sparseX file: one ``%.20e`` value per line, point after point (QUIP's fwrite_array_d)."""
-    flat = np.ascontiguousarray(sparse_x, dtype=float).reshape(-1)
-    return "".join("%.20e\n" % v for v in flat).encode("ascii")
+    """The sparseX file: the sparse points one after another (column-major d×M)."""
+    return array_file_bytes(sparse_x)
 
 
 def render(model: GapModel, gp_basename: str, separate_sparse: bool = True):

@@ -317,6 +317,10 @@ def non_negative(x):
     return None if x >= 0 else "0 or greater"
 
 
+def at_least_one(x):
+    return None if x >= 1 else "1 or greater"
+
+
 class Schema:
     """A set of :class:`Param`, keyed case-sensitively by name and alias (as QUIP)."""
 
@@ -342,16 +346,6 @@ def did_you_mean(key: str, candidates: Sequence[str]) -> str:
             matches = [lowered[key.lower()]]
     return f"; did you mean '{matches[0]}'?" if matches else ""
 
-
-def describe(convert) -> str:
-    """What a converter expects, for error messages."""
-    try:
-        convert("\x00invalid\x00")
-    except ValueError as exc:
-        return str(exc)
-    except Exception:  # pragma: no cover - defensive
-        pass
-    return "a valid value"
 
 
 def apply_schema(schema: Schema, pairs: Sequence[Tuple[str, Optional[str]]], where: str,
@@ -463,9 +457,6 @@ TOP_LEVEL = Schema([
     # gapfit extension: a machine-readable JSON report (timings, per-rank rows and peak memory)
     Param("report_file", to_str, ""),
 ])
-
-# Options that gapfit adds to gap_fit's set (documented in README).
-GAPFIT_EXTENSIONS = ("mpi_candidate_order", "report_file")
 
 # Keys that gap_fit registers but whose features gapfit does not implement: giving
 # them a non-default value is refused, never silently ignored.

@@ -223,24 +223,6 @@ def rank0_call(comm, function, *args, **kwargs):
     return result
 
 
-def all_ok(comm, exc):
-    """Collective check: raise on every rank if any rank failed (None means this rank is fine).
-
-    The message of the lowest failing rank is re-raised, prefixed with its rank.
-    """
-    text = None if exc is None else f"{type(exc).__name__}\x00{exc}"
-    texts = comm.allgather(text) if comm.size > 1 else [text]
-    for r, t in enumerate(texts):
-        if t is not None:
-            if r == comm.rank and exc is not None:
-                raise exc
-            name, message = t.split("\x00", 1)
-            from .errors import GapfitError
-            err = GapfitError(f"[rank {r}/{comm.size}] {message}")
-            err.from_other_rank = True
-            raise err
-
-
 def rank0_only(comm, function, *args, **kwargs):
     """Run ``function`` on rank 0; its result stays there (None elsewhere).
 

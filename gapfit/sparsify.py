@@ -23,10 +23,6 @@ import numpy as np
 
 from .errors import ConfigError, DataError
 
-METHODS_NEEDING_CANDIDATES = ("random", "uniform", "none", "index_file", "cur_points", "cur_covariance",
-                              "pivot", "kmeans", "fuzzy", "cluster", "covariance")
-
-
 def quip_heap_sort_order(keys: np.ndarray) -> np.ndarray:
     """The permutation QUIP's ``heap_sort`` applies to ``keys`` (ascending, QUIP's tie order).
 

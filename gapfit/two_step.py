@@ -24,8 +24,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from .errors import ModelError
-from .gap_xml import read_model, write_files_atomically
-from .options import key_values, split_gap_string
+from .gap_xml import array_file_bytes, read_model, write_files_atomically
+from .options import key_values
 
 # GP keys that the second run must not repeat (the sparse points come from the file)
 _DROPPED = ("sparse_method", "sparse_file", "n_sparse", "config_type_n_sparse", "print_sparse_index",
@@ -34,8 +34,7 @@ _DROPPED = ("sparse_method", "sparse_file", "n_sparse", "config_type_n_sparse", 
 
 def sparse_input_bytes(sparse_x: np.ndarray, sparse_cutoff: np.ndarray) -> bytes:
     """``sparse_method=file`` format: for each point its cutoff, then its d values, one per line."""
-    table = np.column_stack([np.asarray(sparse_cutoff, dtype=float), np.asarray(sparse_x, dtype=float)])
-    return "".join("%.20e\n" % v for v in table.reshape(-1)).encode("ascii")
+    return array_file_bytes(np.column_stack([np.asarray(sparse_cutoff, dtype=float), np.asarray(sparse_x, dtype=float)]))
 
 
 def _quote(value: str) -> str:
@@ -91,10 +90,3 @@ def prepare_second_run(xml_path: str, options_path: Optional[str] = None,
     write_files_atomically(contents)
     return list(contents), options_path
 
-
-def check_pieces(options_text: str) -> List[str]:
-    """The gap pieces of an options file (for tests and messages)."""
-    for key, value in key_values(options_text.replace("\n", " ")):
-        if key == "gap":
-            return split_gap_string(value)
-    return []

@@ -73,7 +73,7 @@ import scipy.linalg
 from scipy.special import erf, gammainc, gamma as gamma_function
 
 from ..errors import ConfigError
-from ..options import Param, Schema, int_list, to_bool, to_float, to_int, to_str
+from ..options import Param, Schema, at_least_one, int_list, non_negative, positive, to_bool, to_float, to_int, to_str
 from .base import Descriptor, DescriptorValues, coordination_function, d_coordination_function
 
 #: gap_version from which the centre Gaussian goes only into the centre's own channel by default
@@ -107,24 +107,25 @@ class Soap(Descriptor):
     n_index = 1
     schema = Schema([
         Param("soap", to_bool, True),
-        Param("cutoff", to_float, None, mandatory=True, help="cutoff radius (Å)"),
-        Param("cutoff_transition_width", to_float, 0.5),
-        Param("cutoff_dexp", to_int, 0),
-        Param("cutoff_scale", to_float, 1.0),
-        Param("cutoff_rate", to_float, 1.0),
-        Param("l_max", to_int, None, mandatory=True),
-        Param("n_max", to_int, None, mandatory=True),
-        Param("atom_sigma", to_float, None, aliases=("atom_gaussian_width",), mandatory=True),
+        Param("cutoff", to_float, None, mandatory=True, help="cutoff radius (Å)", check=positive),
+        Param("cutoff_transition_width", to_float, 0.5, check=positive),
+        Param("cutoff_dexp", to_int, 0, check=non_negative),
+        Param("cutoff_scale", to_float, 1.0, check=positive),
+        Param("cutoff_rate", to_float, 1.0, check=non_negative),
+        Param("l_max", to_int, None, mandatory=True, check=non_negative),
+        Param("n_max", to_int, None, mandatory=True, check=at_least_one),
+        Param("atom_sigma", to_float, None, aliases=("atom_gaussian_width",), mandatory=True,
+              check=positive),
         Param("central_weight", to_float, 1.0),
         Param("central_reference_all_species", to_bool, False),
         Param("average", to_bool, False),
         Param("diagonal_radial", to_bool, False),
         Param("covariance_sigma0", to_float, 0.0),
         Param("normalise", to_bool, True, aliases=("normalize",)),
-        Param("basis_error_exponent", to_float, 10.0),
-        Param("n_Z", to_int, 1),
+        Param("basis_error_exponent", to_float, 10.0, check=non_negative),
+        Param("n_Z", to_int, 1, check=at_least_one),
         Param("Z", int_list(), None),
-        Param("n_species", to_int, 1),
+        Param("n_species", to_int, 1, check=at_least_one),
         Param("species_Z", int_list(), None),
         Param("xml_version", to_int, VERSION_CENTRAL_REFERENCE),
         Param("nu_R", to_int, 2),
@@ -153,28 +154,9 @@ class Soap(Descriptor):
             if p[key] != default:
                 raise ConfigError(f"soap '{key}={p[key]}' {where} is not implemented in gapfit "
                                   f"(only the default {key}={_fmt(default)}: the original power spectrum)")
-        if not p["cutoff"] > 0:
-            raise bad("cutoff", "greater than 0")
-        if not p["cutoff_transition_width"] > 0:
-            raise bad("cutoff_transition_width", "greater than 0")
-        if p["l_max"] < 0:
-            raise bad("l_max", "0 or greater")
-        if p["n_max"] < 1:
-            raise bad("n_max", "1 or greater")
-        if not p["atom_sigma"] > 0:
-            raise bad("atom_sigma", "greater than 0")
-        if p["cutoff_dexp"] < 0:
-            raise bad("cutoff_dexp", "0 or greater")
-        if not p["cutoff_scale"] > 0:
-            raise bad("cutoff_scale", "greater than 0")
-        if p["cutoff_rate"] < 0:
-            raise bad("cutoff_rate", "0 or greater")
-        if p["basis_error_exponent"] < 0:
-            raise bad("basis_error_exponent", "0 or greater")
+        # ranges of single keys are checked by the schema (Param.check)
 
         # central atoms: n_Z / Z (0 = any element)
-        if p["n_Z"] < 1:
-            raise bad("n_Z", "1 or greater")
         if p["Z"] is None:
             if p["n_Z"] > 1:
                 raise ConfigError(f"n_Z={p['n_Z']} {where} needs Z={{...}} with {p['n_Z']} atomic numbers")
@@ -189,8 +171,6 @@ class Soap(Descriptor):
 
         # density channels: n_species / species_Z
         n_species = p["n_species"]
-        if n_species < 1:
-            raise bad("n_species", "1 or greater")
         if "species_Z" in self.given and "n_species" not in self.given:
             raise ConfigError(f"species_Z is given {where} without n_species (QUIP requires both)")
         if p["species_Z"] is None:
@@ -440,7 +420,6 @@ class Soap(Descriptor):
     # average=T
 
     def _calc_average(self, positions, cell, centres, centre_channels, pairs, counts, starts, nl, sel, grad):
-        n_centres = centres.size
         d = self.dimensions
         lmax, K = self.l_max, self.n_max * self.n_species
         X = [np.zeros((1, 2 * l + 1, K)) for l in range(lmax + 1)]
@@ -635,7 +614,7 @@ class Soap(Descriptor):
         loops); ``scale`` (1/|q|) and 1/√(2l+1) are folded into A and B.  ``centre_sum``
         accumulates the rows of each centre (``sum_index``, sorted).
         """
-        lmax, n = self.l_max, self.n_max
+        lmax = self.l_max
         L1, E = lmax + 1, self._n_elements
         if sum_index is None:
             sum_index = centre_of_pair

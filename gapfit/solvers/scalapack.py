@@ -46,7 +46,7 @@ import re
 import sys
 import threading
 import time
-from ctypes import POINTER, byref, c_char_p, c_double, c_int, c_size_t, c_void_p
+from ctypes import POINTER, byref, c_char_p, c_int, c_size_t, c_void_p
 
 import numpy as np
 
