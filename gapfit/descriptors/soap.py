@@ -12,7 +12,8 @@ against quippy to machine precision).  In short, for a central atom ``i``:
   interpolation + Cholesky transform ``C⁻¹L``; GTO and POLY: a least-squares fit
   on a fine grid) times spherical harmonics up to ``l_max``.  The radial
   integrals use QUIP's upward recurrence for the modified spherical Bessel
-  functions, so close contacts agree bit for bit in practice (pitfall P9);
+  functions, fed by an exp rounded as the C library's, so close contacts and
+  high l agree with QUIP to rounding in practice (pitfall P9);
 * the power spectrum ``P_l = X_lᵀ X_l / √(2l+1)`` is packed over the channel
   pairs ``k ≥ k'`` (``k`` outer), ``l`` fastest, with √2 on ``k ≠ k'``; the
   vector is normalised and its last element is ``covariance_sigma0``.
@@ -52,9 +53,10 @@ GAP XML with that ``gap_version``.
 
 Agreement with quippy: ~1e-15 for the default basis (1e-11 for l_max = n_max = 12
 with atom_sigma = 1, where the basis solve is ill-conditioned).  GTO and POLY are
-least-squares fits whose conditioning worsens with n_max: GTO agrees to ~1e-12 up
-to n_max = 8, ~1e-8 at n_max = 12 (l_max = 12); POLY to 1e-13 at n_max = 4 but
-only ~1e-6 at n_max = 8 (QUIP's own values are dominated by rounding there).
+least-squares fits through an overlap matrix whose conditioning worsens with n_max
+and, for GTO, with l (condition 1e11 at l = 8): GTO agrees to ~1e-11 up to
+n_max = l_max = 8, ~1e-8 at n_max = l_max = 12; POLY to 1e-13 at n_max = 4 but only ~1e-6 at
+n_max = 8 (QUIP's own values are dominated by rounding there).
 
 Cost: everything is vectorised over neighbours and centres (centres are processed
 in groups of bounded memory).  The gradient, whose size (n_rows, 3, d) dominates,
@@ -517,8 +519,8 @@ class Soap(Descriptor):
             rr = r[:, None]
             ra = rb[None, nz]
             arg = 2.0 * alpha * rr * ra
-            exp_p = np.exp(-alpha * (rr + ra) ** 2)
-            exp_m = np.exp(-alpha * (rr - ra) ** 2)
+            exp_p = _exp_as_libm(-alpha * (rr + ra) ** 2)
+            exp_m = _exp_as_libm(-alpha * (rr - ra) ** 2)
             g_lm = 0.5 * (exp_m + exp_p) / arg  # G_{-1}
             g_l = 0.5 * (exp_m - exp_p) / arg  # G_0
             G[0][:, nz] = g_l
@@ -736,6 +738,19 @@ def _accumulate(spacing, count):
     for a in range(1, count):
         out[a] = out[a - 1] + spacing
     return out
+
+
+def _exp_as_libm(x):
+    """exp(x) rounded as the C library's exp (which QUIP's Fortran calls) in all but ~0.1% of cases.
+
+    NumPy's SIMD exp is 1 ulp off glibc's in ~5% of arguments.  That is harmless except
+    here: the upward Bessel recurrence amplifies the rounding of ``exp_m - exp_p`` at
+    small arguments, and with the GTO basis at l = 8 a 1-ulp difference became a 1e-10
+    difference in the gradients.  Evaluated in extended precision and rounded once, the
+    same case agrees to 4e-14 (cost: +5% of soap time)."""
+    if np.finfo(np.longdouble).nmant <= np.finfo(np.float64).nmant:
+        return np.exp(x)
+    return np.exp(np.asarray(x, dtype=np.longdouble)).astype(np.float64)
 
 
 def _least_squares_map(basis, overlap):
