@@ -39,6 +39,7 @@ from .data import (SigmaTable, TargetNames, assign_frames, compute_e0, distribut
 from .errors import ConfigError, DataError, NumericalError
 from .extxyz import MemorySource, XyzFileSource
 from .gap_xml import CoordinateModel, GapModel, check_writable, make_label, write_model
+from .heap import keep_freed_blocks, release_freed_memory
 from .kernels import make_kernel
 from .neighbours import neighbour_list
 from .options import (TOP_LEVEL, TopLevelOptions, expand_species, key_values, parse_gap_piece, parse_top_level,
@@ -217,6 +218,7 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
     With ``write=False`` no file is written (the model is returned in memory).
     """
     comm = comm if comm is not None else SerialComm()
+    keep_freed_blocks()  # the chunked phases reuse their large temporaries (gapfit.heap)
     v = opts.values
     log = Reporter(comm, stream=stream, quiet=quiet, print_all=v["mpi_print_all"])
     _banner(log, opts, comm, _blas_info())
@@ -286,7 +288,7 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
         column += c.n_sparse
     n_sparse = column
     log(f"Sparse points: {', '.join(str(c.n_sparse) for c in coords)} (total M = {n_sparse})")
-    _release_freed_memory()  # the candidates were many small arrays: hand their pages back before A
+    release_freed_memory()  # the candidates were many small arrays: hand their pages back before A
 
     label = rank0_call(comm, make_label)
     xyz_lines = None
@@ -574,7 +576,7 @@ def _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigm
         pending_bytes = 0
         flushes += 1
         if flushes % 4 == 0:  # the chunks' temporaries fragment the heap; keep RSS ~ A + one chunk
-            _release_freed_memory()
+            release_freed_memory()
 
     for frame in source.read([entries[f] for f in my_frames]):
         fr = frame_rows(frame, names, sigmas, e0, sigma_per_atom)
@@ -679,15 +681,6 @@ def _write_r(r, gp_file, label):
 def _dump(prefix, comm, k_rows, b_rows):
     np.savetxt(f"{prefix}.A.{comm.rank}", k_rows)
     np.savetxt(f"{prefix}.b.{comm.rank}", b_rows)
-
-
-def _release_freed_memory():
-    """Return freed heap pages to the operating system (glibc), so that peak RSS ~ live data."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
 
 
 def _write_json(path, data):
