@@ -309,17 +309,23 @@ def test_gradients_by_finite_differences(extra):
     desc = make(text)
     v = calc(desc, atoms, grad=True)
     analytic = dense_gradient(v, len(atoms))
-    h = 1e-5
-    numeric = np.zeros_like(analytic)
-    for a in range(len(atoms)):
-        for k in range(3):
-            plus, minus = atoms.copy(), atoms.copy()
-            plus.positions[a, k] += h
-            minus.positions[a, k] -= h
-            numeric[:, a, k] = (calc(desc, plus, False).x - calc(desc, minus, False).x) / (2 * h)
     scale = max(1.0, np.abs(analytic).max())
-    err = np.abs(analytic - numeric).max() / scale
-    assert err < 1e-7, f"seed {seed} (GAPFIT_TEST_SEED), '{text}': finite differences differ by {err:.2e}"
+    # Central differences: truncation error ~h², rounding noise ~1/h.  The GTO fit leaves ~1e-12
+    # of noise in the values, so h = 1e-5 alone reached 1.4e-7 (seed 1004) where h = 1e-4 gives
+    # 1.4e-8; over 40 seeds the better of the two steps stayed below 1.4e-8.
+    errors = []
+    for h in (1e-4, 1e-5):
+        numeric = np.zeros_like(analytic)
+        for a in range(len(atoms)):
+            for k in range(3):
+                plus, minus = atoms.copy(), atoms.copy()
+                plus.positions[a, k] += h
+                minus.positions[a, k] -= h
+                numeric[:, a, k] = (calc(desc, plus, False).x - calc(desc, minus, False).x) / (2 * h)
+        errors.append(np.abs(analytic - numeric).max() / scale)
+    err = min(errors)
+    assert err < 1e-7, (f"seed {seed} (GAPFIT_TEST_SEED), '{text}': finite differences differ by {err:.2e} "
+                        f"(h = 1e-4: {errors[0]:.2e}, h = 1e-5: {errors[1]:.2e})")
 
 
 # ------------------------------------------------------------------------------------------
