@@ -87,7 +87,7 @@ def dgemm_rate(threads, n=3000, repeats=3):
 
 
 def covariance_rate(log_path):
-    """gapfit's own report of the kernel-row matrix products: (GFLOP, seconds of the kernel rows)."""
+    """gapfit's own report from its log: (GFLOP of matrix products, kernel-row seconds, covariance-phase seconds)."""
     import re
     text = open(log_path, errors="replace").read()
     m = re.search(r"kernel rows ([0-9.]+) s \(([0-9.]+) GFLOP in matrix products", text)

@@ -43,7 +43,7 @@ from .heap import keep_freed_blocks, release_freed_memory
 from .kernels import make_kernel
 from .neighbours import neighbour_list
 from .options import (TOP_LEVEL, TopLevelOptions, expand_species, key_values, parse_gap_piece, parse_top_level,
-                      split_fields)
+                      quote_value, split_fields)
 from .parallel import SerialComm, rank0_call, rank0_only
 from .report import Reporter, human_bytes, peak_rss_bytes
 from .sparsify import SparseChoice, choose_sparse_points, make_rng, parse_config_type_n_sparse
@@ -76,9 +76,7 @@ def options_to_string(options: Dict[str, Any]) -> str:
                     items.append(str(v))
             value = "{" + ":".join(items) + "}"
         else:
-            value = str(value)
-            if any(ch in value for ch in " ,") and value[:1] not in "{'\"":
-                value = "{" + value + "}"
+            value = quote_value(str(value))
         parts.append(f"{key}={value}")
     return " ".join(parts)
 
@@ -556,6 +554,18 @@ def _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigm
     sigma_per_atom = v["kernel_regularisation_is_per_atom"]
     stats.update(gemm_flops=0.0, descriptor_seconds=0.0, kernel_seconds=0.0)
 
+    def describe(frame, nl, grad, atoms=None):
+        t0 = time.perf_counter()
+        values = [c.descriptor.calc(frame, nl, grad=grad, atoms=atoms) for c in coords]
+        stats["descriptor_seconds"] += time.perf_counter() - t0
+        return values
+
+    def kernel_rows(frames_values, rows, atom_counts):
+        t0 = time.perf_counter()
+        k = k_nm_rows(coords, frames_values, rows, atom_counts, n_columns, stats=stats)
+        stats["kernel_seconds"] += time.perf_counter() - t0
+        return k
+
     def write(k, y, sigma):
         nonlocal row
         n = y.size
@@ -568,9 +578,7 @@ def _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigm
         nonlocal pending_bytes, flushes
         if pending:
             rows = [p[0] for p in pending]
-            t0 = time.perf_counter()
-            k = k_nm_rows(coords, [p[1] for p in pending], rows, [p[2] for p in pending], n_columns, stats=stats)
-            stats["kernel_seconds"] += time.perf_counter() - t0
+            k = kernel_rows([p[1] for p in pending], rows, [p[2] for p in pending])
             write(k, np.concatenate([r.y for r in rows]), np.concatenate([r.sigma for r in rows]))
         pending.clear()
         pending_bytes = 0
@@ -589,17 +597,10 @@ def _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigm
             flush()
             k = np.zeros((fr.y.size, n_columns))
             for atoms in _atom_groups(per_atom, CHUNK_BYTES):
-                t0 = time.perf_counter()
-                values = [c.descriptor.calc(frame, nl, grad=grad, atoms=atoms) for c in coords]
-                t1 = time.perf_counter()
-                k += k_nm_rows(coords, [values], [fr], [len(frame)], n_columns, stats=stats)
-                stats["descriptor_seconds"] += t1 - t0
-                stats["kernel_seconds"] += time.perf_counter() - t1
+                k += kernel_rows([describe(frame, nl, grad, atoms)], [fr], [len(frame)])
             write(k, fr.y, fr.sigma)
             continue
-        t0 = time.perf_counter()
-        values = [c.descriptor.calc(frame, nl, grad=grad) for c in coords]
-        stats["descriptor_seconds"] += time.perf_counter() - t0
+        values = describe(frame, nl, grad)
         pending.append((fr, values, len(frame)))
         pending_bytes += 8.0 * fr.y.size * n_columns  # the chunk's K rows
         if per_atom is not None:

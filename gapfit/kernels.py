@@ -5,7 +5,7 @@ for many descriptor vectors at once,
 
 * ``prepare(x)``: k̃(x_n, s_m) as an (n, M) matrix (without cutoff weights),
   plus what the gradients need;
-* ``contract(block, desc, grad_x)``: the directional derivatives
+* ``contract(block, desc, grad_x, factor)``: the directional derivatives
   ∇_x k̃(x_desc[r], s_m) · grad_x[r, k] for gradient rows r and directions k,
   as an (n_rows, 3, M) array, computed with one matrix product of the stacked
   gradients with the sparse points.
@@ -14,8 +14,6 @@ Cutoff weights c(x)·c_s are applied by the caller (covariance assembly).
 """
 
 from __future__ import annotations
-
-from typing import Optional
 
 import numpy as np
 
@@ -53,13 +51,12 @@ class Kernel:
         """The (n, M) per-instance factor of ∇k̃ that :meth:`contract` multiplies in."""
         return block.aux
 
-    def contract(self, block: KernelBlock, desc: np.ndarray, grad_x: np.ndarray,
-                 factor: Optional[np.ndarray] = None) -> np.ndarray:
+    def contract(self, block: KernelBlock, desc: np.ndarray, grad_x: np.ndarray, factor: np.ndarray) -> np.ndarray:
         """∇_x k̃(x_desc[r], s_m) · grad_x[r, k] for gradient rows r, directions k: (n_rows, 3, M).
 
         One matrix product of the stacked gradients with the sparse points, times
-        ``factor[desc]`` (default :meth:`gradient_factor`; callers fold their cutoff
-        weights into it to save passes over the large result).
+        ``factor[desc]``: :meth:`gradient_factor`, into which callers fold their cutoff
+        weights to save passes over the large result.
         """
         raise NotImplementedError
 
@@ -100,13 +97,13 @@ class ArdSeKernel(Kernel):
         k = e + self.f0 ** 2 if self.f0 else e.copy()
         return KernelBlock(k, aux=e, x=np.asarray(x, dtype=float))
 
-    def contract(self, block, desc, grad_x, factor=None):
+    def contract(self, block, desc, grad_x, factor):
         # ∇_x k̃ = δ² e (s − x)/θ²  ⇒  ∇k̃·v = e ((v/θ²)·s − (v/θ²)·x)
         n, _, d = grad_x.shape
         v = grad_x * self._inv_theta2
         proj = (v.reshape(-1, d) @ self.sparse_x.T).reshape(n, 3, -1)
         proj -= np.einsum("nkd,nd->nk", v, block.x[desc])[:, :, None]
-        proj *= (block.aux if factor is None else factor)[desc][:, None, :]
+        proj *= factor[desc][:, None, :]
         return proj
 
     def gradient_of_sum(self, block, weights):
@@ -149,11 +146,11 @@ class DotProductKernel(Kernel):
         slope = self.delta ** 2 * self.zeta * self._power(dot, self.zeta - 1.0)
         return KernelBlock(k, aux=slope)
 
-    def contract(self, block, desc, grad_x, factor=None):
+    def contract(self, block, desc, grad_x, factor):
         # ∇k̃ = δ²ζ(x·s)^(ζ−1) s  ⇒  ∇k̃·v = slope · (v·s)
         n, _, d = grad_x.shape
         out = (grad_x.reshape(-1, d) @ self.sparse_x.T).reshape(n, 3, -1)
-        out *= (block.aux if factor is None else factor)[desc][:, None, :]
+        out *= factor[desc][:, None, :]
         return out
 
     def gradient_of_sum(self, block, weights):

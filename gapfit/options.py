@@ -33,6 +33,14 @@ from .errors import ConfigError
 _QUOTES = {"'": "'", '"': '"', "{": "}"}
 
 
+def quote_value(value: str) -> str:
+    """``value`` as a key=value string must carry it: in braces if it is empty or holds a
+    separator, unless it is already one brace or quote group."""
+    if value == "" or (any(ch in value for ch in " ,\t\n") and value[:1] + value[-1:] not in ("{}", "''", '""')):
+        return "{" + value + "}"
+    return value
+
+
 def join_argv(argv: Sequence[str]) -> str:
     """Join command-line words into one option string, as gap_fit does."""
     parts = []
@@ -345,7 +353,6 @@ def did_you_mean(key: str, candidates: Sequence[str]) -> str:
         if key.lower() in lowered:
             matches = [lowered[key.lower()]]
     return f"; did you mean '{matches[0]}'?" if matches else ""
-
 
 
 def apply_schema(schema: Schema, pairs: Sequence[Tuple[str, Optional[str]]], where: str,

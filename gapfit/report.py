@@ -48,6 +48,7 @@ class Reporter:
         self.print_all = print_all
         self.phases: List[tuple] = []  # (name, wall seconds, peak rss bytes after)
         self.start = time.perf_counter()
+        self.gathered: List[dict] = []  # every rank's phases, peak RSS and extras (rank_table, rank 0)
 
     @property
     def active(self) -> bool:
@@ -84,7 +85,7 @@ class Reporter:
 
     def json_report(self) -> dict:
         """Per-rank phases, extras and peak RSS as gathered by :meth:`rank_table` (rank 0)."""
-        gathered = getattr(self, "gathered", None) or []
+        gathered = self.gathered
         names = [n for n, _ in gathered[0]["phases"]] if gathered else []
         return {
             "ranks": self.size,
@@ -101,7 +102,7 @@ class Reporter:
         """Gather every rank's phase times, rows and peak RSS; print min/mean/max on rank 0."""
         local = {"phases": [(n, dt) for n, dt, _ in self.phases], "rss": peak_rss_bytes(), "extra": extra or {}}
         gathered = self.comm.gather(local, root=0) if self.comm is not None and self.size > 1 else [local]
-        self.gathered = gathered
+        self.gathered = gathered or []  # None on the other ranks
         if self.rank != 0 or self.quiet:
             return
         names = [n for n, _ in gathered[0]["phases"]]

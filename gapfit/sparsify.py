@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import ConfigError, DataError
 
+
 def quip_heap_sort_order(keys: np.ndarray) -> np.ndarray:
     """The permutation QUIP's ``heap_sort`` applies to ``keys`` (ascending, QUIP's tie order).
 

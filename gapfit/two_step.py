@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import ModelError
 from .gap_xml import array_file_bytes, read_model, write_files_atomically
-from .options import key_values
+from .options import key_values, quote_value
 
 # GP keys that the second run must not repeat (the sparse points come from the file)
 _DROPPED = ("sparse_method", "sparse_file", "n_sparse", "config_type_n_sparse", "print_sparse_index",
@@ -37,19 +37,13 @@ def sparse_input_bytes(sparse_x: np.ndarray, sparse_cutoff: np.ndarray) -> bytes
     return array_file_bytes(np.column_stack([np.asarray(sparse_cutoff, dtype=float), np.asarray(sparse_x, dtype=float)]))
 
 
-def _quote(value: str) -> str:
-    if value == "" or any(ch in value for ch in " ,\t\n"):
-        return "{" + value + "}"
-    return value
-
-
 def file_piece(descriptor: str, sparse_file: str) -> str:
     """A gap piece with its own sparse points from ``sparse_file`` (species keys kept, add_species=F)."""
     words = []
     for key, value in key_values(descriptor, what="the <descriptor> string"):
         if key in _DROPPED:
             continue
-        words.append(key if value is None else f"{key}={_quote(value)}")
+        words.append(key if value is None else f"{key}={quote_value(value)}")
     words += ["add_species=F", "sparse_method=file", f"sparse_file={sparse_file}"]
     return " ".join(words)
 
@@ -60,7 +54,7 @@ def second_run_options(command_line: str, pieces: List[str]) -> str:
     for key, value in key_values(command_line, what="the <command_line> of the XML"):
         if key in ("gap", "sparsify_only_no_fit", "config_file"):
             continue
-        kept.append(key if value is None else f"{key}={_quote(value)}")
+        kept.append(key if value is None else f"{key}={quote_value(value)}")
     gap = "gap={" + " : ".join("{" + p + "}" for p in pieces) + "}"
     return "\n".join(kept + [gap]) + "\n"
 
