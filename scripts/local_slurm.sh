@@ -46,7 +46,10 @@ su -s /bin/sh munge -c "/usr/sbin/munged --socket=$munge_dir/munge.socket --pid-
 cp "$munge_dir/munged.pid" "$dir/munged.pid"
 
 host=$(hostname -s)
-cpus=$(nproc)
+# the CPUs slurmd itself detects (else the hardware count), never plain nproc: GNU nproc honours
+# OMP_NUM_THREADS, and a node configured with fewer CPUs than it has makes multi-task jobs pend
+cpus=$(slurmd -C 2>/dev/null | sed -n 's/.* CPUs=\([0-9]*\).*/\1/p' | head -n 1)
+[ -n "$cpus" ] || cpus=$(nproc --all)
 mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 9 / 10 ))
 mkdir -p "$dir/state" "$dir/spool"
 cat > "$dir/slurm.conf" <<CONF

@@ -8,12 +8,37 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy.spatial.distance import cdist
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 QUIP_TESTS = DATA / "quip_gapfit_tests"
 TA_XYZ = ROOT / "examples" / "data" / "Ta_snap_train.xyz"
+
+
+# --- environments compared by value ---------------------------------------------------------
+# Which member of a group of equivalent environments (equal to 1e-10) survives gap_fit's duplicate
+# filter is decided by the last bit of their L1 norms, which differs between CPUs and between
+# quippy, gap_fit and gapfit.  Tests compare such choices by value, never by position.
+ENVIRONMENT_TOLERANCE = 1e-10
+
+
+def same_environment(xa, xb, tol=ENVIRONMENT_TOLERANCE):
+    """close[i, j]: row i of ``xa`` and row j of ``xb`` are the same environment (max |Δ| < tol)."""
+    xa, xb = np.asarray(xa, float), np.asarray(xb, float)
+    return cdist(xa.reshape(len(xa), -1), xb.reshape(len(xb), -1), "chebyshev") < tol
+
+
+def environment_labels(x, tol=ENVIRONMENT_TOLERANCE):
+    """Label each row of ``x`` by the first row that is the same environment as it."""
+    return np.argmax(same_environment(x, x, tol), axis=1)
+
+
+def shared_environments(xa, xb, tol=ENVIRONMENT_TOLERANCE):
+    """How many rows of ``xa`` are the same environment as some row of ``xb``."""
+    return int(same_environment(xa, xb, tol).any(axis=1).sum())
 
 
 def mpi_env(threads: int = 1):

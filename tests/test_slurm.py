@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -49,6 +50,35 @@ def local_slurm(tmp_path):
         subprocess.run(["bash", str(script), "stop", str(state)], capture_output=True, timeout=60)
 
 
+def _job_state(job, env):
+    """(JobState, Reason) of a job, from scontrol (no accounting database is needed)."""
+    proc = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True, timeout=30)
+    fields = dict(w.split("=", 1) for w in proc.stdout.split() if "=" in w)
+    return fields.get("JobState", "UNKNOWN"), fields.get("Reason", "")
+
+
+def _wait_for_job(job, env, state_dir, pending_limit=30.0, run_limit=300.0):
+    """Wait for a job to end; fail within seconds, with slurmctld's reason, if it cannot start.
+
+    On an idle single-node cluster a job starts at once: one still pending after ``pending_limit``
+    seconds never will (e.g. a node configured with fewer CPUs than the job asks for).
+    """
+    start = time.monotonic()
+    while True:
+        state, reason = _job_state(job, env)
+        waited = time.monotonic() - start
+        if state not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING"):
+            return state, reason
+        if (state == "PENDING" and waited > pending_limit) or waited > run_limit:
+            subprocess.run(["scancel", job], env=env, capture_output=True, timeout=30)
+            log = (state_dir / "slurmctld.log").read_text(errors="replace").splitlines()[-15:]
+            nodes = subprocess.run(["sinfo", "-N", "-o", "%N %T %c %E"], env=env, capture_output=True,
+                                   text=True, timeout=30).stdout
+            pytest.fail(f"job {job} still {state} after {waited:.0f} s, reason: {reason}\n"
+                        f"sinfo:\n{nodes}slurmctld.log (end):\n" + "\n".join(log))
+        time.sleep(0.5)
+
+
 def test_sbatch_example_matches_serial(tmp_path, local_slurm, monkeypatch):
     work = tmp_path / "job"
     work.mkdir()
@@ -56,11 +86,14 @@ def test_sbatch_example_matches_serial(tmp_path, local_slurm, monkeypatch):
     env = mpi_env()
     env["SLURM_CONF"] = str(local_slurm)
     env["GAPFIT"] = f"{sys.executable} -m gapfit"
-    cmd = ["sbatch", "--wait", "--nodes=1", "--ntasks-per-node=2", f"--chdir={work}", "--export=ALL",
+    cmd = ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=2", f"--chdir={work}", "--export=ALL",
            str(ROOT / "examples" / "slurm" / "gapfit_job.sbatch")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job = proc.stdout.strip().split(";")[0]
+    state, reason = _wait_for_job(job, env, local_slurm.parent)
     out = "".join(p.read_text(errors="replace") for p in work.glob("gapfit-*.out"))
-    assert proc.returncode == 0, proc.stdout + proc.stderr + out
+    assert state == "COMPLETED", f"job {job} ended {state} ({reason})\n{out}"
     assert "2 ranks on 1 node(s)" in out and "grid 2x1" in out
     model = read_model(str(work / "slurm.xml"))
     (work / "serial").mkdir()
