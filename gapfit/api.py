@@ -35,15 +35,16 @@ import numpy as np
 from . import __version__
 from .covariance import DEFAULT_BLOCK_BYTES, Coordinate, k_mm, k_nm_rows
 from .data import (SigmaTable, TargetNames, assign_frames, compute_e0, distribute, frame_labels, frame_rows,
-                   species_in_order)
+                   species_in_order, unused_target_warnings)
 from .errors import ConfigError, DataError, NumericalError
 from .extxyz import MemorySource, XyzFileSource
 from .gap_xml import CoordinateModel, GapModel, check_writable, make_label, write_model
 from .heap import keep_freed_blocks, release_freed_memory
 from .kernels import make_kernel
 from .neighbours import neighbour_list
-from .options import (TOP_LEVEL, TopLevelOptions, expand_species, key_values, parse_gap_piece, parse_top_level,
+from .options import (TOP_LEVEL, TopLevelOptions, expand_species, parse_gap_piece, parse_top_level,
                       quote_value, split_fields)
+from .outputs import input_files, output_files, refuse_clobbering
 from .parallel import SerialComm, rank0_call, rank0_only
 from .report import Reporter, human_bytes, peak_rss_bytes
 from .sparsify import SparseChoice, choose_sparse_points, make_rng, parse_config_type_n_sparse
@@ -192,22 +193,29 @@ def _banner(log: Reporter, opts: TopLevelOptions, comm, blas_info: str):
     if blas_info:
         log(f"  BLAS: {blas_info}")
     log.title("Options")
-    spellings = {k for k, _ in key_values(opts.option_string)}  # as the user wrote them (aliases)
     for p in TOP_LEVEL.params:
         if p.name in opts.given:
-            alias = next((a for a in p.names if a in spellings), p.name)
-            log(f"  {alias} = {opts.given[p.name]}")
+            value = opts.given[p.name]
+            value = "" if value is None else " ".join(value.split())  # a value may span lines
+            log(f"  {opts.given.key(p.name)} = {value}")
     log("  (other options at their gap_fit defaults)")
 
 
 def _blas_info() -> str:
+    """The BLAS libraries loaded, each once: NumPy's own and, under MPI, the one ScaLAPACK uses."""
     try:
         from threadpoolctl import threadpool_info
-        info = threadpool_info()
-        libs = [f"{i.get('internal_api')} ({i.get('num_threads')} threads)" for i in info if i.get("user_api") == "blas"]
-        return ", ".join(libs)
+        info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
     except Exception:  # pragma: no cover
         return ""
+    libs = {}
+    for i in info:
+        path = os.path.basename(os.path.dirname(i.get("filepath") or ""))
+        owner = {"numpy.libs": "NumPy's", "scipy.libs": "SciPy's"}.get(path, "system")
+        name = f"{i.get('internal_api')} {i.get('version') or ''}".strip()
+        threads = i.get("num_threads")
+        libs.setdefault((name, owner), f"{name} ({owner}, {threads} thread{'s' if threads != 1 else ''})")
+    return "; ".join(libs.values())
 
 
 def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, write=True) -> FitResult:
@@ -218,23 +226,32 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
     comm = comm if comm is not None else SerialComm()
     keep_freed_blocks()  # the chunked phases reuse their large temporaries (gapfit.heap)
     v = opts.values
-    log = Reporter(comm, stream=stream, quiet=quiet, print_all=v["mpi_print_all"])
-    _banner(log, opts, comm, _blas_info())
+    log = Reporter(comm, stream=stream, quiet=quiet, print_all=v["mpi_print_all"],
+                   progress_interval=v["progress_interval"])
     names = TargetNames.from_options(v)
     gp_file = v["gap_file"]
     sparsify_only = v["sparsify_only_no_fit"]
 
-    # -- descriptors (pure parsing: identical on every rank) --------------------------
+    # -- every option is checked before the banner (pure parsing: identical on every rank) --
     specs = [parse_gap_piece(p, i + 1) for i, p in enumerate(opts.gap_pieces)]
-    log(f"Found {len(specs)} GAP descriptor(s) on the command line")
-    sigmas = SigmaTable(v["default_kernel_regularisation"], v["config_type_kernel_regularisation"])
+    for spec in specs:
+        spec.make_descriptor()  # the descriptor's own checks (cutoffs, l_max, ...) before any work
+    sigmas = SigmaTable(v["default_kernel_regularisation"], v["config_type_kernel_regularisation"],
+                        key=opts.key("config_type_kernel_regularisation"))
+    label = rank0_call(comm, make_label)
     if not v["dryrun"] and write:
-        rank0_call(comm, check_writable, gp_file)
+        outputs, patterns = output_files(opts, specs, label, comm.size)
+        refuse_clobbering(input_files(opts, specs), outputs, patterns)
+        rank0_call(comm, check_writable, gp_file, opts.key("gap_file"))
+    _banner(log, opts, comm, _blas_info())
+    log(f"Found {len(specs)} GAP descriptor(s) on the command line")
 
     # -- data: rank 0 indexes and validates, and works out species and e0 --------------
     with log.phase("Reading and checking the data"):
         prep = rank0_call(comm, _prepare_data, source, specs, v, opts.given, names, sigmas)
-    entries, species, e0, e0_how, labels = prep
+    entries, species, e0, e0_how, labels, warnings = prep
+    for text in warnings:
+        log.warn(text)
     gaps = expand_species(specs, species)
     coords = [Coordinate(spec=g, descriptor=g.make_descriptor()) for g in gaps]
     max_cutoff = max(c.descriptor.cutoff for c in coords)
@@ -245,7 +262,7 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
             log(f"  add_species expanded descriptor {c.index} ({c.descriptor_type})")
     log(f"{len(coords)} coordinate(s) after species expansion; neighbour cutoff {max_cutoff} Å")
     for i, c in enumerate(coords, 1):
-        log(f"  {i}: {c.spec.piece.strip()}")
+        log(f"  {i}: {' '.join(c.spec.piece.split())}")
     log(e0_how)
     _targets_table(log, names, labels, sigmas, v)
 
@@ -288,7 +305,6 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
     log(f"Sparse points: {', '.join(str(c.n_sparse) for c in coords)} (total M = {n_sparse})")
     release_freed_memory()  # the candidates were many small arrays: hand their pages back before A
 
-    label = rank0_call(comm, make_label)
     xyz_lines = None
     if v["do_copy_atoms_file"]:  # only rank 0 writes the XML: the copy stays there
         xyz_lines = rank0_only(comm, source.text_lines)
@@ -333,7 +349,7 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
     stats: Dict[str, float] = {}
     with log.phase("Covariance K_NM (descriptors and kernel rows)"):
         filled = _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigmas, e0, v, max_cutoff,
-                            log, stats)
+                            log, stats, n_data_local)
     log(f"   of which descriptors {stats['descriptor_seconds']:.2f} s, kernel rows {stats['kernel_seconds']:.2f} s "
         f"({stats['gemm_flops'] / 1e9:.1f} GFLOP in matrix products, "
         f"{stats['gemm_flops'] / 1e9 / max(stats['kernel_seconds'], 1e-9):.1f} GFLOP/s) on rank {comm.rank}")
@@ -352,7 +368,9 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
         del u
 
     with log.phase("Solving by QR" + (" (ScaLAPACK)" if comm.size > 1 else " (LAPACK)")):
-        alpha, r = _solve(comm, log, a_local, b_local, n_sparse, mb, nb, v)
+        with log.heartbeat("QR", rank0_call(comm, _qr_estimate, int(frame_rows_count.sum()) + n_sparse, n_sparse,
+                                            comm.size)):
+            alpha, r = _solve(comm, log, a_local, b_local, n_sparse, mb, nb, v)
     del a_local
 
     alphas = [alpha[c.column:c.column + c.n_sparse] for c in coords]
@@ -371,7 +389,7 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
         report = log.json_report()
         report.update(version=__version__, n_sparse=n_sparse, target_rows=int(frame_rows_count.sum()),
                       block_sizes={"mb": mb, "nb": nb, "local_rows": n_local}, files=files,
-                      coordinates=[{"descriptor": c.spec.piece.strip(), "n_sparse": c.n_sparse} for c in coords])
+                      coordinates=[{"descriptor": " ".join(c.spec.piece.split()), "n_sparse": c.n_sparse} for c in coords])
         rank0_call(comm, _write_json, v["report_file"], report)
     return FitResult(model=model, alpha=alphas, sparse_x=[c.kernel.sparse_x for c in coords],
                      sparse_cutoff=[c.sparse_cutoff for c in coords], sparse_index=[ch.index for ch in choices],
@@ -407,10 +425,13 @@ def _prepare_data(source, specs, v, given, names, sigmas):
         raise DataError(f"no frame has the energy key '{names.energy}' (energy_parameter_name)"
                         + (f"; the data has {', '.join(hint)}" if hint else ""))
     e0, how = compute_e0(v, given, entries, singles, species, names, max_cutoff, neighbour_list)
+    option = {"energy": "energy_parameter_name", "force": "force_parameter_name", "virial": "virial_parameter_name"}
+    warnings = unused_target_warnings(entries, names, lambda kind: (given.key(option[kind]), option[kind] in given),
+                                      v["parameter_name_prefix"])
     # the entries are broadcast to every rank, which only needs where each frame is
     for e in entries:
         e.info, e.numbers, e.logical_arrays = {}, e.numbers[:0], {}
-    return entries, species, e0, how, labels
+    return entries, species, e0, how, labels, warnings
 
 
 def _targets_table(log, names, labels, sigmas, v):
@@ -451,7 +472,10 @@ def _sparse_points(comm, log, source, entries, labels, my_frames, coords, config
             for c in coords]
     local = [([], [], [], []) for _ in coords]  # x, cutoff, config type, frame ids/counts
     if any(need):
-        for frame in source.read([entries[f] for f in my_frames]):
+        share = " (rank 0's share)" if comm.size > 1 else ""
+        progress = log.progress("candidate descriptors", max(len(my_frames), 1), unit="frames", note=share)
+        for done, frame in enumerate(source.read([entries[f] for f in my_frames])):
+            progress.update(done)
             nl = neighbour_list(frame.positions, frame.cell, frame.pbc, max_cutoff)
             ct = _config_type_index(labels[frame.index].config_type, config_type_names)
             for k, c in enumerate(coords):
@@ -462,6 +486,7 @@ def _sparse_points(comm, log, source, entries, labels, my_frames, coords, config
                 local[k][1].append(vals.cutoff)
                 local[k][2].append(np.full(vals.n_desc, ct, dtype=np.int64))
                 local[k][3].append((frame.index, vals.n_desc))
+        progress.close()
     choices: List[Optional[SparseChoice]] = []
     thetas = []
     for k, c in enumerate(coords):
@@ -490,9 +515,10 @@ def _sparse_points(comm, log, source, entries, labels, my_frames, coords, config
                 x, cut, ct = x_all[order], c_all[order], t_all[order]
         theta = _theta(comm, c, x)
         thetas.append(theta)
-        choice = rank0_call(comm, choose_sparse_points, c.spec, x, cut, ct, config_type_names, d, rng,
-                            log if comm.rank == 0 else (lambda *a: None), theta=theta,
-                            use_actual_gpcov=v["sparse_use_actual_gpcov"])
+        with log.heartbeat(f"choosing the sparse points of coordinate {k + 1} ({c.spec.gp['sparse_method']})"):
+            choice = rank0_call(comm, choose_sparse_points, c.spec, x, cut, ct, config_type_names, d, rng,
+                                log if comm.rank == 0 else (lambda *a: None), theta=theta,
+                                use_actual_gpcov=v["sparse_use_actual_gpcov"])
         if comm.rank == 0 and choice.index is not None and c.spec.gp["print_sparse_index"]:
             with open(c.spec.gp["print_sparse_index"], "a") as fh:
                 fh.write(" ".join(str(i + 1) for i in choice.index) + "\n")
@@ -541,7 +567,8 @@ def _theta(comm, coord, x_all):
     return rank0_call(comm, compute)
 
 
-def _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigmas, e0, v, max_cutoff, log, stats):
+def _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigmas, e0, v, max_cutoff, log, stats,
+               n_rows):
     """Build this rank's rows Σ^-1/2 K_NM and Σ^-1/2 y, chunk by chunk of frames."""
     n_columns = a_local.shape[1]
     if os.environ.get("GAPFIT_INJECT_FAILURE_RANK", "") == str(getattr(log, "rank", 0)):
@@ -550,6 +577,7 @@ def _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigm
     row = 0
     pending = []  # (frame rows, values per coordinate, n_atoms)
     pending_bytes = 0
+    pending_rows = 0
     flushes = 0
     sigma_per_atom = v["kernel_regularisation_is_per_atom"]
     stats.update(gemm_flops=0.0, descriptor_seconds=0.0, kernel_seconds=0.0)
@@ -575,18 +603,21 @@ def _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigm
         row += n
 
     def flush():
-        nonlocal pending_bytes, flushes
+        nonlocal pending_bytes, pending_rows, flushes
         if pending:
             rows = [p[0] for p in pending]
             k = kernel_rows([p[1] for p in pending], rows, [p[2] for p in pending])
             write(k, np.concatenate([r.y for r in rows]), np.concatenate([r.sigma for r in rows]))
         pending.clear()
-        pending_bytes = 0
+        pending_bytes = pending_rows = 0
         flushes += 1
         if flushes % 4 == 0:  # the chunks' temporaries fragment the heap; keep RSS ~ A + one chunk
             release_freed_memory()
 
+    share = " (rank 0's share)" if getattr(log, "size", 1) > 1 else ""
+    progress = log.progress("K_NM rows", max(n_rows, 1), note=share)
     for frame in source.read([entries[f] for f in my_frames]):
+        progress.update(row + pending_rows)  # rows built, and queued in this chunk
         fr = frame_rows(frame, names, sigmas, e0, sigma_per_atom)
         grad = bool(fr.force_atoms.size) or fr.has_virial
         nl = neighbour_list(frame.positions, frame.cell, frame.pbc, max_cutoff)
@@ -602,6 +633,7 @@ def _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigm
             continue
         values = describe(frame, nl, grad)
         pending.append((fr, values, len(frame)))
+        pending_rows += fr.y.size
         pending_bytes += 8.0 * fr.y.size * n_columns  # the chunk's K rows
         if per_atom is not None:
             pending_bytes += per_atom.sum()
@@ -610,6 +642,7 @@ def _fill_rows(a_local, b_local, source, entries, my_frames, coords, names, sigm
         if pending_bytes > CHUNK_BYTES:
             flush()
     flush()
+    progress.close()
     return row
 
 
@@ -639,6 +672,17 @@ def _atom_groups(per_atom_bytes, budget):
 def _cholesky(coords, jitter):
     from .solvers.serial import cholesky_upper
     return cholesky_upper(k_mm(coords, jitter), jitter)
+
+
+def _qr_estimate(n_rows, n_cols, n_ranks):
+    """(seconds, how) the QR should take, from a small dgeqrf sample; None for a short QR."""
+    from .solvers.serial import qr_flops, sampled_qr_rate
+    flops = qr_flops(n_rows, n_cols)
+    if flops < 2e10:  # a few seconds at most: no heartbeat will print
+        return None
+    rate = sampled_qr_rate(n_cols)
+    per_rank = " per rank" if n_ranks > 1 else ""
+    return flops / (rate * n_ranks), f"estimated: {flops:.2g} flops at {rate / 1e9:.0f} GFLOP/s{per_rank}"
 
 
 def _solve(comm, log, a_local, b_local, n_sparse, mb, nb, v):

@@ -16,38 +16,24 @@ import traceback
 from . import __version__
 from .errors import ConfigError, GapfitError
 
-USAGE = """usage: gapfit at_file=train.xyz gap={distance_2b ... : soap ...} default_sigma={E F V H} [key=value ...]
-       mpirun -n P gapfit ...        (data-parallel fit, ScaLAPACK QR)
-       gapfit config_file=fit.cfg    (options from a file; '#' starts a comment)
-       gapfit --help                 (all options and their defaults)"""
-
-
-def _help_text() -> str:
-    from .options import GP_KEYS, TOP_LEVEL
-    lines = [USAGE, "", "Top-level options (gap_fit's; aliases after '/'):"]
-    for p in TOP_LEVEL.params:
-        names = " / ".join(p.names)
-        default = "MANDATORY" if p.mandatory else repr(p.default)
-        lines.append(f"  {names:58s} default {default}")
-    lines += ["", "Keys inside gap={...} besides the descriptor's own:"]
-    for p in GP_KEYS.params:
-        names = " / ".join(p.names)
-        default = "MANDATORY" if p.mandatory else repr(p.default)
-        lines.append(f"  {names:58s} default {default}")
-    lines += ["", "Descriptors: distance_2b, soap.  Kernels: ard_se (gaussian), dot_product.",
-              "Sparse methods: uniform, random, none, file, index_file (see README for the rest)."]
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ("-h", "--help", "help"):
-        print(_help_text())
+        from .helptext import help_text
+        try:
+            print(help_text(argv[1] if len(argv) > 1 else None))
+            sys.stdout.flush()
+        except ConfigError as exc:
+            print(f"gapfit: error: {exc}", file=sys.stderr)
+            return 2
+        except BrokenPipeError:  # gapfit --help | head
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     if argv and argv[0] in ("-V", "--version"):
         print(f"gapfit {__version__}")
         return 0
     if not argv:
+        from .helptext import USAGE
         print(USAGE, file=sys.stderr)
         print("gapfit: error: no options given (at_file, gap and default_sigma are mandatory)", file=sys.stderr)
         return 2

@@ -93,6 +93,7 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
+from .dedup import quip_heap_sort_order
 from .errors import ConfigError, DataError
 
 # --- constants (values from GAP clustering.F90 / gp_fit.F90 / libAtoms) ---------------------
@@ -359,7 +360,6 @@ def cur_leverage(v: np.ndarray, s: np.ndarray, m: int, log=_silent, method: str 
 
 def cur_keys_select(p: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
     """The m smallest keys u_j − p_j (u uniform [0, 1)) in QUIP's heap-sort order."""
-    from .sparsify import quip_heap_sort_order  # here, not at the top: sparsify imports this module
     # QUIP's own stream when available (gapfit.sparsify.QuipRandom): then the keys are gap_fit's
     uniform = getattr(rng, "quip_uniform", None)
     keys = (uniform(p.size) if uniform is not None else rng.random(p.size)) - p

@@ -143,6 +143,65 @@ def frame_labels(info: Dict, arrays: Dict, n_atoms: int, names: TargetNames, whe
     return FrameLabels(has_energy, has_forces, has_virial, config_type, n_force_atoms)
 
 
+# What other names a target is commonly stored under (ASE writes 'energy', 'forces', 'stress').
+_ASE_NAMES = ("energy", "free_energy", "forces", "stress", "virial")
+_LOOKS_LIKE = {
+    "energy": ("info", ("energy",)),
+    "force": ("arrays", ("force",)),
+    "virial": ("info", ("virial", "stress")),
+}
+
+
+def _looks_like(kind: str, value) -> bool:
+    """Whether a comment-line value could be an energy (one real) or a virial/stress (6 or 9 reals)."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "if":
+        return False
+    return arr.size == 1 if kind == "energy" else arr.size in (6, 9)
+
+
+def unused_target_warnings(entries, names: TargetNames, option_key, prefix: str = "") -> List[str]:
+    """Warnings for frames whose targets sit under other keys than the options name.
+
+    E.g. ASE's ``forces`` array while ``force_parameter_name`` is gap_fit's default ``force``:
+    the fit silently gets no force rows.  ``option_key(kind)`` gives the option as the user
+    typed it and whether it was given; gap_fit's defaults are kept, the warning says what to set.
+    """
+    wanted = {"energy": (names.energy,), "force": (names.force,), "virial": (names.virial, names.stress)}
+    what = {"energy": "energies", "force": "forces", "virial": "virials (or stresses)"}
+    out = []
+    for kind, (where, stems) in _LOOKS_LIKE.items():
+        if "//IGNORE//" in wanted[kind]:
+            continue  # sparsify_only_no_fit reads energies only
+        missing, others = 0, {}
+        for e in entries:
+            keys = e.info if where == "info" else e.array_names
+            if any(has_key(keys, w) for w in wanted[kind]):
+                continue
+            found = [k for k in keys if any(stem in k.lower() for stem in stems)
+                     and "sigma" not in k.lower() and "mask" not in k.lower()
+                     and (where == "arrays" or _looks_like(kind, keys[k]))]
+            if found:
+                missing += 1
+                for k in found:
+                    others[k] = others.get(k, 0) + 1
+        if not missing:
+            continue
+        # ASE's own names first, then reference-looking ones (dft_, ref_), then the most frequent
+        ranked = sorted(others, key=lambda k: (k.lower() not in _ASE_NAMES,
+                                               not any(t in k.lower() for t in ("dft", "ref")), -others[k]))
+        other = ranked[0]
+        key, given = option_key(kind)
+        value = other[len(prefix):] if prefix and other.startswith(prefix) else other
+        kind_of = "per-atom array" if where == "arrays" else "key"
+        named = " or ".join(f"'{w}'" for w in wanted[kind])
+        also = f" (also: {', '.join(repr(k) for k in ranked[1:4])})" if len(ranked) > 1 else ""
+        out.append(f"{missing} of {len(entries)} frames carry the {kind_of} '{other}'{also} but no {named} "
+                   f"({key}={wanted[kind][0][len(prefix):]}{'' if given else ', gap_fit default'}): their "
+                   f"{what[kind]} are not fitted; set {key}={value} to fit them")
+    return out
+
+
 def energy_of(info: Dict, names: TargetNames, where: str) -> Optional[float]:
     value = lookup(info, names.energy)
     return None if value is None else _scalar(value, f"energy '{names.energy}'", where)
@@ -155,22 +214,22 @@ def energy_of(info: Dict, names: TargetNames, where: str) -> Optional[float]:
 class SigmaTable:
     """σ_E, σ_F, σ_V, σ_H per config_type group, with gap_fit's ``default`` fallback."""
 
-    def __init__(self, default_sigma: Sequence[float], config_type_sigma: str = ""):
+    def __init__(self, default_sigma: Sequence[float], config_type_sigma: str = "", key: str = "config_type_sigma"):
         self.groups: Dict[str, np.ndarray] = {}
         if config_type_sigma.strip():
-            fields = split_fields(config_type_sigma, separators=" :;", what="config_type_sigma")
+            fields = split_fields(config_type_sigma, separators=" :;", what=key)
             if len(fields) % 5 != 0:
-                raise ConfigError(f"config_type_sigma must be groups of 5 fields (name:energy:force:virial:hessian); "
+                raise ConfigError(f"{key} must be groups of 5 fields (name:energy:force:virial:hessian); "
                                   f"got {len(fields)} fields")
             for g in range(0, len(fields), 5):
                 name = fields[g]
                 try:
                     values = [float(f.replace("d", "e").replace("D", "E")) for f in fields[g + 1:g + 5]]
                 except ValueError:
-                    raise ConfigError(f"config_type_sigma group '{name}' must have 4 numbers; "
+                    raise ConfigError(f"{key} group '{name}' must have 4 numbers; "
                                       f"got {' '.join(fields[g + 1:g + 5])!r}") from None
                 if any(v < 0 or not math.isfinite(v) for v in values):
-                    raise ConfigError(f"config_type_sigma group '{name}' has a negative or non-finite σ")
+                    raise ConfigError(f"{key} group '{name}' has a negative or non-finite σ")
                 self.groups[name] = np.array(values)
         if "default" not in self.groups:
             self.groups["default"] = np.array(default_sigma, dtype=float)

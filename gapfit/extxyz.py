@@ -27,6 +27,7 @@ import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
 from .errors import DataError
+from .neighbours import coincident_atoms
 
 _DELIMS = {'"': '"', "'": "'", "{": "}", "[": "]"}
 _BOOL = {"T": True, "F": False, "true": True, "false": False, "True": True, "False": False,
@@ -383,6 +384,24 @@ def _iter_frame_blocks(fh, source: str) -> Iterator[Tuple[int, int, int, List[st
         yield start, offset - start, first_line, lines
 
 
+#: Atoms closer than this (Å) are the same atom twice: corrupt data, not a structure.
+COINCIDENT_ATOMS = 0.01
+
+
+def check_atoms_apart(frame: Frame) -> None:
+    """Refuse a frame with two atoms on one spot (closer than COINCIDENT_ATOMS), naming them."""
+    pair = coincident_atoms(frame.positions, frame.cell, frame.pbc, COINCIDENT_ATOMS)
+    if pair is None:
+        return
+    i, j, distance = pair
+
+    def atom(k):
+        return f"atom {k + 1} (line {frame.line + 2 + k})" if frame.line else f"atom {k + 1}"
+    raise DataError(f"{frame.where}: {atom(i)} and {atom(j)} ({chemical_symbols[frame.numbers[i]]}, "
+                    f"{chemical_symbols[frame.numbers[j]]}) are {distance:.4f} Å apart, closer than "
+                    f"{COINCIDENT_ATOMS} Å (counting periodic images): the same atom twice?")
+
+
 def index_xyz(path: str, validate=None) -> Tuple[List[FrameIndex], List[Frame]]:
     """Validate every frame of ``path`` and index them.
 
@@ -405,6 +424,7 @@ def index_xyz(path: str, validate=None) -> Tuple[List[FrameIndex], List[Frame]]:
     with fh:
         for k, (offset, nbytes, line_no, lines) in enumerate(_iter_frame_blocks(fh, source)):
             frame = _frame_from_lines(lines, k, line_no, source)
+            check_atoms_apart(frame)
             if validate is not None:
                 validate(frame)
             entries.append(FrameIndex(index=k, offset=offset, nbytes=nbytes, line=line_no, n_atoms=len(frame),
@@ -488,6 +508,7 @@ class MemorySource:
     def index(self, validate=None):
         entries, singles = [], []
         for f in self.frames:
+            check_atoms_apart(f)
             if validate is not None:
                 validate(f)
             entries.append(FrameIndex(index=f.index, offset=0, nbytes=0, line=0, n_atoms=len(f), info=f.info,

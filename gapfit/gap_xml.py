@@ -211,19 +211,19 @@ def _element_lines(start: str, attrs: List[str], end: str) -> List[str]:
     return out
 
 
-def check_writable(path: str) -> None:
-    """Fail early (before any heavy work) if ``path`` cannot be written."""
+def check_writable(path: str, key: str = "gp_file") -> None:
+    """Fail early (before any heavy work) if ``path`` cannot be written (``key``: as the user typed it)."""
     directory = os.path.dirname(os.path.abspath(path)) or "."
     if os.path.isdir(path):
-        raise ConfigError(f"gp_file '{path}' is a directory")
+        raise ConfigError(f"{key} '{path}' is a directory")
     if not os.path.isdir(directory):
-        raise ConfigError(f"gp_file '{path}': directory '{directory}' does not exist")
+        raise ConfigError(f"{key} '{path}': directory '{directory}' does not exist")
     try:
         fd, probe = tempfile.mkstemp(prefix=".gapfit-probe-", dir=directory)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise ConfigError(f"gp_file '{path}': cannot write in directory '{directory}' ({exc.strerror})") from None
+        raise ConfigError(f"{key} '{path}': cannot write in directory '{directory}' ({exc.strerror})") from None
 
 
 def write_files_atomically(contents: dict) -> None:

@@ -344,3 +344,46 @@ def neighbour_list(positions, cell, pbc, cutoff) -> NeighbourList:
     np.cumsum(np.bincount(i_out, minlength=n_atoms), out=offsets[1:])
     return NeighbourList(i_out.astype(np.int64), j_out.astype(np.int64), s_out.astype(np.int64),
                          dist, diff, offsets, cutoff)
+
+
+def coincident_atoms(positions, cell, pbc, tol=0.01):
+    """The first pair of atoms (or an atom and a periodic image of another) closer than ``tol``.
+
+    Returns ``(i, j, distance)`` with ``i < j``, or None.  Two atoms on one spot are corrupt
+    data (a duplicated line, a bad merge), which gap_fit would fit silently.  A k-d tree on the
+    wrapped positions plus the images of the atoms within ``tol`` of a periodic face.
+    """
+    from scipy.spatial import cKDTree
+
+    positions = np.asarray(positions, dtype=float)
+    n = positions.shape[0]
+    if n < 2:
+        return None
+    cell = np.asarray(cell, dtype=float)
+    pbc = np.asarray(pbc, dtype=bool)
+    frac = positions @ np.linalg.inv(cell)
+    frac[:, pbc] -= np.floor(frac[:, pbc])
+    # fractional width of a slab of thickness tol next to each face (height = volume / face area)
+    areas = np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    margin = np.where(pbc, tol * areas / abs(np.linalg.det(cell)), 0.0)
+    points, owner = [frac @ cell], [np.arange(n)]
+    shifts = np.array(np.meshgrid(*[[-1, 0, 1] if p else [0] for p in pbc], indexing="ij")).reshape(3, -1).T
+    for shift in shifts[np.any(shifts != 0, axis=1)]:
+        moved = frac + shift
+        near = np.all((moved > -margin) & (moved < 1.0 + margin), axis=1)
+        if near.any():
+            points.append(moved[near] @ cell)
+            owner.append(np.nonzero(near)[0])
+    points, owner = np.concatenate(points), np.concatenate(owner)
+    pairs = cKDTree(points).query_pairs(tol, output_type="ndarray")
+    if pairs.size == 0:
+        return None
+    pairs = pairs[(pairs[:, 0] < n) | (pairs[:, 1] < n)]  # image-image pairs repeat an atom-image pair
+    a, b = owner[pairs[:, 0]], owner[pairs[:, 1]]
+    pairs, a, b = pairs[a != b], a[a != b], b[a != b]
+    if pairs.size == 0:
+        return None
+    i, j = np.minimum(a, b), np.maximum(a, b)
+    first = np.lexsort((j, i))[0]
+    distance = float(np.linalg.norm(points[pairs[first, 0]] - points[pairs[first, 1]]))
+    return int(i[first]), int(j[first]), distance

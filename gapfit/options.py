@@ -18,13 +18,13 @@ is an error with a "did you mean" suggestion, and so is an invalid value.
 
 from __future__ import annotations
 
-import difflib
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError
+from .schema import (GivenKeys, Param, Schema, apply_schema, choice, did_you_mean, float_list,  # noqa: F401
+                     non_negative, positive, to_bool, to_float, to_int, to_str)
 
 # --------------------------------------------------------------------------------------
 # Tokenising
@@ -207,194 +207,6 @@ def strip_comments(text: str) -> str:
 
 
 # --------------------------------------------------------------------------------------
-# Typed values
-# --------------------------------------------------------------------------------------
-
-_TRUE = {"t", "true"}
-_FALSE = {"f", "false"}
-
-
-def to_bool(value: Optional[str]) -> bool:
-    if value is None or value == "":
-        return True
-    v = value.strip().lower()
-    if v in _TRUE:
-        return True
-    if v in _FALSE:
-        return False
-    raise ValueError("a logical (T, F, true or false)")
-
-
-def to_float(value: Optional[str]) -> float:
-    if value is None:
-        raise ValueError("a real number")
-    v = value.strip()
-    try:
-        x = float(v.replace("d", "e").replace("D", "E"))
-    except ValueError:
-        raise ValueError("a real number") from None
-    if not math.isfinite(x):
-        raise ValueError("a finite real number")
-    return x
-
-
-def to_int(value: Optional[str]) -> int:
-    if value is None:
-        raise ValueError("an integer")
-    v = value.strip()
-    try:
-        return int(v)
-    except ValueError:
-        raise ValueError("an integer") from None
-
-
-def float_list(n: Optional[int] = None) -> Callable[[Optional[str]], List[float]]:
-    def convert(value):
-        if value is None:
-            raise ValueError(f"{n} real numbers" if n else "a list of real numbers")
-        parts = value.replace(",", " ").split()
-        if n is not None and len(parts) != n:
-            raise ValueError(f"{n} real numbers, separated by spaces")
-        try:
-            return [to_float(p) for p in parts]
-        except ValueError:
-            raise ValueError(f"{n} real numbers" if n else "a list of real numbers") from None
-    convert.description = f"{n} real numbers" if n else "real numbers"
-    return convert
-
-
-def int_list(n: Optional[int] = None) -> Callable[[Optional[str]], List[int]]:
-    def convert(value):
-        if value is None:
-            raise ValueError("a list of integers")
-        parts = value.replace(",", " ").split()
-        if n is not None and len(parts) != n:
-            raise ValueError(f"{n} integers, separated by spaces")
-        try:
-            return [int(p) for p in parts]
-        except ValueError:
-            raise ValueError("a list of integers") from None
-    return convert
-
-
-def to_str(value: Optional[str]) -> str:
-    if value is None:
-        raise ValueError("a value")
-    return value
-
-
-def choice(*allowed: str, case_sensitive: bool = False):
-    def convert(value):
-        if value is None:
-            raise ValueError("one of " + ", ".join(allowed))
-        v = value.strip()
-        for a in allowed:
-            if (v == a) if case_sensitive else (v.lower() == a.lower()):
-                return a
-        raise ValueError("one of " + ", ".join(allowed))
-    return convert
-
-
-# --------------------------------------------------------------------------------------
-# Schemas
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Param:
-    """One registered key: its type converter, default and aliases."""
-
-    name: str
-    convert: Callable[[Optional[str]], Any]
-    default: Any = None
-    aliases: Tuple[str, ...] = ()
-    mandatory: bool = False
-    help: str = ""
-    check: Optional[Callable[[Any], Optional[str]]] = None  # returns an error text or None
-
-    @property
-    def names(self) -> Tuple[str, ...]:
-        return (self.name,) + self.aliases
-
-
-def positive(x):
-    return None if x > 0 else "greater than 0"
-
-
-def non_negative(x):
-    return None if x >= 0 else "0 or greater"
-
-
-def at_least_one(x):
-    return None if x >= 1 else "1 or greater"
-
-
-class Schema:
-    """A set of :class:`Param`, keyed case-sensitively by name and alias (as QUIP)."""
-
-    def __init__(self, params: Sequence[Param]):
-        self.params = list(params)
-        self.by_name: Dict[str, Param] = {}
-        for p in self.params:
-            for n in p.names:
-                self.by_name[n] = p
-
-    def __contains__(self, key):
-        return key in self.by_name
-
-    def names(self) -> List[str]:
-        return list(self.by_name)
-
-
-def did_you_mean(key: str, candidates: Sequence[str]) -> str:
-    matches = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.6)
-    if not matches:
-        lowered = {c.lower(): c for c in candidates}
-        if key.lower() in lowered:
-            matches = [lowered[key.lower()]]
-    return f"; did you mean '{matches[0]}'?" if matches else ""
-
-
-def apply_schema(schema: Schema, pairs: Sequence[Tuple[str, Optional[str]]], where: str,
-                 extra_known: Sequence[str] = ()) -> Tuple[Dict[str, Any], Dict[str, str]]:
-    """Convert ``pairs`` with ``schema``; unknown keys are errors.
-
-    Returns ``(values, raw)``: typed values for every parameter (defaults
-    included) keyed by canonical name, and the raw text of the keys that were
-    given (last occurrence wins, aliases share the canonical name).
-    """
-    raw: Dict[str, Optional[str]] = {}
-    for key, value in pairs:
-        param = schema.by_name.get(key)
-        if param is None:
-            if key in extra_known:
-                continue
-            hint = did_you_mean(key, list(schema.names()) + list(extra_known))
-            raise ConfigError(f"unknown key '{key}' {where}{hint}")
-        raw[param.name] = value
-    values: Dict[str, Any] = {}
-    for param in schema.params:
-        if param.name in raw:
-            text = raw[param.name]
-            try:
-                value = param.convert(text)
-            except ValueError as exc:
-                shown = "nothing" if text is None else repr(text)
-                raise ConfigError(f"the '{param.name}' key {where} must be {exc}; got {shown}") from None
-            if param.check is not None:
-                problem = param.check(value)
-                if problem:
-                    raise ConfigError(f"the '{param.name}' key {where} must be {problem}; got {text!r}")
-            values[param.name] = value
-        else:
-            if param.mandatory:
-                alias = f" (or '{param.aliases[0]}')" if param.aliases else ""
-                raise ConfigError(f"missing mandatory key '{param.name}'{alias} {where}")
-            values[param.name] = param.default
-    return values, {k: v for k, v in raw.items()}
-
-
-# --------------------------------------------------------------------------------------
 # Top-level options of gap_fit (gap_fit_module.F90, gap_fit_parse_command_line)
 # --------------------------------------------------------------------------------------
 
@@ -410,59 +222,95 @@ def _gp_file_check(name):
 
 
 TOP_LEVEL = Schema([
-    Param("config_file", to_str, "", help="read all options from this file"),
+    Param("config_file", to_str, "",
+          help="read the options from this file (gap_fit syntax, '#' comments; command-line options override it)"),
     Param("atoms_filename", to_str, None, aliases=("at_file",), mandatory=True,
-          help="extended XYZ file with the training configurations"),
-    Param("gap", to_str, None, mandatory=True, help="descriptor and GP specifications, {d1 ... : d2 ...}"),
-    Param("e0", to_str, "0.0", help="isolated-atom energy: one number or {Si:-158.5:O:-432.1}"),
-    Param("local_property0", to_str, "0.0"),
-    Param("e0_offset", to_float, 0.0),
-    Param("e0_method", choice("isolated", "average"), "isolated"),
+          help="extended XYZ file of training configurations (energies eV, forces eV/Å, virials eV)"),
+    Param("gap", to_str, None, mandatory=True,
+          help="descriptors and their GP settings, {d1 ... : d2 ...}; 'gapfit --help soap' lists a descriptor's keys"),
+    Param("e0", to_str, "0.0",
+          help="energy of an isolated atom (eV): one number for every element or {Si:-158.5:O:-432.1}; "
+               "given, it replaces e0_method"),
+    Param("local_property0", to_str, "0.0", help="baseline of local-property fits (not supported by gapfit)"),
+    Param("e0_offset", to_float, 0.0, help="added to every e0 (eV)"),
+    Param("e0_method", choice("isolated", "average"), "isolated",
+          help="e0 from single-atom frames without neighbours (isolated) or the mean energy per atom (average)"),
     Param("default_kernel_regularisation", float_list(4), None, aliases=("default_sigma",), mandatory=True,
-          help="sigma for energies, forces, virials, Hessians"),
-    Param("default_kernel_regularisation_local_property", to_float, 0.001, aliases=("default_local_property_sigma",)),
-    Param("sparse_jitter", to_float, 1.0e-10, check=non_negative),
-    Param("hessian_displacement", to_float, 1.0e-2, aliases=("hessian_delta",)),
-    Param("baseline_param_filename", to_str, "quip_params.xml", aliases=("core_param_file",)),
-    Param("baseline_ip_args", to_str, "", aliases=("core_ip_args",)),
-    Param("energy_parameter_name", to_str, "energy"),
-    Param("local_property_parameter_name", to_str, "local_property"),
-    Param("force_parameter_name", to_str, "force"),
-    Param("virial_parameter_name", to_str, "virial"),
-    Param("stress_parameter_name", to_str, "stress"),
-    Param("hessian_parameter_name", to_str, "hessian"),
-    Param("config_type_parameter_name", to_str, "config_type"),
-    Param("kernel_regularisation_parameter_name", to_str, "sigma", aliases=("sigma_parameter_name",)),
-    Param("force_mask_parameter_name", to_str, "force_mask"),
-    Param("local_property_mask_parameter_name", to_str, "local_property_mask"),
-    Param("parameter_name_prefix", to_str, ""),
-    Param("config_type_kernel_regularisation", to_str, "", aliases=("config_type_sigma",)),
-    Param("kernel_regularisation_is_per_atom", to_bool, True, aliases=("sigma_per_atom",)),
-    Param("do_copy_atoms_file", to_bool, True, aliases=("do_copy_at_file",)),
-    Param("sparse_separate_file", to_bool, True),
-    Param("sparse_use_actual_gpcov", to_bool, False),
-    Param("gap_file", to_str, "gap_new.xml", aliases=("gp_file",), check=_gp_file_check),
-    Param("verbosity", choice("NORMAL", "VERBOSE", "NERD", "ANALYSIS", case_sensitive=True), "NORMAL"),
-    Param("rnd_seed", to_int, -1),
-    Param("openmp_chunk_size", to_int, 0, check=non_negative),
-    Param("do_ip_timing", to_bool, False),
-    Param("template_file", to_str, "template.xyz"),
-    Param("sparsify_only_no_fit", to_bool, False),
-    Param("dryrun", to_bool, False),
-    Param("condition_number_norm", choice(" ", "O", "I", case_sensitive=False), " "),
-    Param("linear_system_dump_file", to_str, ""),
-    Param("mpi_blocksize_rows", to_int, 0, check=non_negative),
+          help="σ of energies (eV), forces (eV/Å), virials (eV), Hessians (eV/Å²): {E F V H}"),
+    Param("default_kernel_regularisation_local_property", to_float, 0.001, aliases=("default_local_property_sigma",),
+          help="σ of local properties (not supported by gapfit)"),
+    Param("sparse_jitter", to_float, 1.0e-10, check=non_negative,
+          help="added to the diagonal of K_MM for numerical stability (eV²)"),
+    Param("hessian_displacement", to_float, 1.0e-2, aliases=("hessian_delta",),
+          help="finite-difference step of Hessian data (Å; gapfit fits no Hessians: no effect)"),
+    Param("baseline_param_filename", to_str, "quip_params.xml", aliases=("core_param_file",),
+          help="QUIP XML file of the core (baseline) potential"),
+    Param("baseline_ip_args", to_str, "", aliases=("core_ip_args",),
+          help="QUIP init string of the core potential, e.g. {IP Glue}; giving it turns the core on"),
+    Param("energy_parameter_name", to_str, "energy", help="comment-line key of the total energy (eV)"),
+    Param("local_property_parameter_name", to_str, "local_property",
+          help="per-atom column of a local property (not supported by gapfit)"),
+    Param("force_parameter_name", to_str, "force",
+          help="per-atom column of the forces (eV/Å); ASE writes 'forces'"),
+    Param("virial_parameter_name", to_str, "virial", help="comment-line key of the virial, 9 numbers (eV)"),
+    Param("stress_parameter_name", to_str, "stress",
+          help="comment-line key of the stress, 6 or 9 numbers (eV/Å³), used where a frame has no virial"),
+    Param("hessian_parameter_name", to_str, "hessian", help="Hessian data (not supported by gapfit)"),
+    Param("config_type_parameter_name", to_str, "config_type",
+          help="comment-line key naming a frame's group, for config_type_sigma and config_type_n_sparse"),
+    Param("kernel_regularisation_parameter_name", to_str, "sigma", aliases=("sigma_parameter_name",),
+          help="suffix of per-frame σ overrides: energy_sigma, force_sigma, virial_sigma, force_atom_sigma, ..."),
+    Param("force_mask_parameter_name", to_str, "force_mask",
+          help="per-atom logical column: T excludes that atom's forces from the fit"),
+    Param("local_property_mask_parameter_name", to_str, "local_property_mask",
+          help="per-atom logical column of local-property fits (not supported by gapfit)"),
+    Param("parameter_name_prefix", to_str, "", help="prefix of every *_parameter_name above"),
+    Param("config_type_kernel_regularisation", to_str, "", aliases=("config_type_sigma",),
+          help="σ per config_type: {type:E:F:V:H:type2:E:F:V:H}, units as default_sigma"),
+    Param("kernel_regularisation_is_per_atom", to_bool, True, aliases=("sigma_per_atom",),
+          help="scale the energy and virial σ by √(number of atoms)"),
+    Param("do_copy_atoms_file", to_bool, True, aliases=("do_copy_at_file",),
+          help="copy the training data into the XML"),
+    Param("sparse_separate_file", to_bool, True,
+          help="write the sparse points to <gp_file>.sparseX.<label> files instead of inside the XML"),
+    Param("sparse_use_actual_gpcov", to_bool, False,
+          help="cluster, covariance and cur_covariance sparsification use the real kernel"),
+    Param("gap_file", to_str, "gap_new.xml", aliases=("gp_file",), check=_gp_file_check,
+          help="the GAP XML model written"),
+    Param("verbosity", choice("NORMAL", "VERBOSE", "NERD", "ANALYSIS", case_sensitive=True), "NORMAL",
+          help="NORMAL, or VERBOSE (and above) for tracebacks with errors"),
+    Param("rnd_seed", to_int, -1, help="seed of the random sparse-point choices; -1 takes one from the clock"),
+    Param("openmp_chunk_size", to_int, 0, check=non_negative,
+          help="gap_fit's OpenMP chunk size (accepted; gapfit's threads are BLAS's)"),
+    Param("do_ip_timing", to_bool, False, help="gap_fit's timers (accepted; gapfit always reports timings)"),
+    Param("template_file", to_str, "template.xyz",
+          help="atoms template for descriptors that need one (none of gapfit's)"),
+    Param("sparsify_only_no_fit", to_bool, False,
+          help="choose and write the sparse points, then stop: the first step of the two-step workflow"),
+    Param("dryrun", to_bool, False, help="stop after printing the memory needed per rank and the smallest P"),
+    Param("condition_number_norm", choice(" ", "O", "I", case_sensitive=False), " ",
+          help="O or I: print log10 of the condition number of R in that norm (serial runs)"),
+    Param("linear_system_dump_file", to_str, "",
+          help="prefix of text dumps of each rank's rows of A and b (<prefix>.A.<rank>, <prefix>.b.<rank>)"),
+    Param("mpi_blocksize_rows", to_int, 0, check=non_negative,
+          help="ScaLAPACK row block size; 0: all of a rank's rows"),
     # gap_fit's default is 100; 32 halves ScaLAPACK's QR time and its nb×rows workspace here
     # (InP, 368k×1060 on 2 ranks: 14.9 s vs 25.4 s) and only affects speed and memory
-    Param("mpi_blocksize_cols", to_int, 32, check=non_negative),
-    Param("mpi_print_all", to_bool, False),
-    Param("export_covariance", to_bool, False),
+    Param("mpi_blocksize_cols", to_int, 32, check=non_negative,
+          help="ScaLAPACK column block size (gap_fit: 100); 0: M"),
+    Param("mpi_print_all", to_bool, False, help="every rank prints its progress, prefixed by its rank"),
+    Param("export_covariance", to_bool, False,
+          help="write the triangular factor R of the QR to <gp_file>.R.<label> (for posterior committees)"),
     # gapfit extension: the order of sparse-point candidates gathered from the ranks.
     # "data" (default): file order, so an MPI run chooses exactly what a serial run chooses;
     # "rank": rank 0's frames, then rank 1's, ... as gap_fit's MPI runs (to reproduce them).
-    Param("mpi_candidate_order", choice("data", "rank"), "data"),
+    Param("mpi_candidate_order", choice("data", "rank"), "data",
+          help="gapfit: MPI sparse-point candidates in file order (data, = serial) or rank order (rank, = gap_fit)"),
     # gapfit extension: a machine-readable JSON report (timings, per-rank rows and peak memory)
-    Param("report_file", to_str, ""),
+    Param("report_file", to_str, "",
+          help="gapfit: write a JSON report (per-rank timings, rows, peak memory, warnings) to this file"),
+    Param("progress_interval", to_float, 10.0, check=non_negative,
+          help="gapfit: seconds between progress reports within a long phase (each also waits for 5% more work)"),
 ])
 
 # Keys that gap_fit registers but whose features gapfit does not implement: giving
@@ -479,7 +327,7 @@ class TopLevelOptions:
     """The parsed top-level options (canonical names) and where they came from."""
 
     values: Dict[str, Any]
-    given: Dict[str, Optional[str]]
+    given: GivenKeys
     option_string: str  # the string stored in the XML <command_line>
     gap_pieces: List[str] = field(default_factory=list)
 
@@ -489,10 +337,9 @@ class TopLevelOptions:
     def has(self, name) -> bool:
         return TOP_LEVEL.by_name[name].name in self.given
 
-
-def parse_option_string(text: str, where: str = "on the command line") -> Tuple[Dict[str, Any], Dict[str, Optional[str]]]:
-    pairs = key_values(text, what=f"the options {where}")
-    return apply_schema(TOP_LEVEL, pairs, where)
+    def key(self, name) -> str:
+        """The key as the user typed it (an alias, or the canonical name)."""
+        return self.given.key(TOP_LEVEL.by_name[name].name)
 
 
 def read_config_file(path: str) -> str:
@@ -547,8 +394,22 @@ def parse_top_level(argv: Sequence[str] = (), option_string: Optional[str] = Non
 # Per-GAP keys (gap_fit_module.F90, gap_fit_parse_gap_str)
 # --------------------------------------------------------------------------------------
 
-SPARSE_METHODS = ("random", "pivot", "cluster", "uniform", "kmeans", "covariance", "fuzzy", "file",
-                  "index_file", "cur_covariance", "cur_points", "none")
+#: gap_fit's sparse methods, with what each does (gapfit --help)
+SPARSE_METHOD_HELP = {
+    "random": "M distinct candidates drawn at random",
+    "pivot": "pivoted Cholesky of the candidates' kernel-like matrix: its first M pivots",
+    "cluster": "bisecting k-medoids clustering into M clusters, their medoids",
+    "uniform": "a grid of ceil(M^(1/d)) bins per dimension, the first candidate in each bin (low d only)",
+    "kmeans": "k-means into M clusters, the candidate nearest each centre",
+    "covariance": "greedy: each next point is the candidate of largest GP variance",
+    "fuzzy": "fuzzy c-means into M clusters, the candidate nearest each centre",
+    "file": "the sparse points themselves from sparse_file (cutoff, then d values, per point)",
+    "index_file": "the 1-based indices of the chosen candidates from sparse_file",
+    "cur_covariance": "CUR decomposition of the candidates' kernel matrix",
+    "cur_points": "CUR decomposition of the candidates' descriptor matrix (leverage scores, randomised)",
+    "none": "every distinct candidate",
+}
+SPARSE_METHODS = tuple(SPARSE_METHOD_HELP)
 
 
 def _sparse_method(value):
@@ -570,22 +431,28 @@ def _covariance_type(value):
 
 
 GP_KEYS = Schema([
-    Param("energy_scale", to_float, None, aliases=("delta",), mandatory=True, check=positive),
-    Param("f0", to_float, 0.0),
-    Param("n_sparse", to_int, 0),
-    Param("config_type_n_sparse", to_str, ""),
-    Param("sparse_method", _sparse_method, "random"),
-    Param("lengthscale_factor", to_str, "1.0", aliases=("theta_fac",)),
-    Param("lengthscale_uniform", to_float, 0.0, aliases=("theta_uniform",)),
-    Param("lengthscale_file", to_str, "", aliases=("theta_file",)),
-    Param("sparse_file", to_str, ""),
-    Param("mark_sparse_atoms", to_bool, False),
-    Param("add_species", to_bool, True),
-    Param("covariance_type", _covariance_type, None, mandatory=True),
-    Param("soap_exponent", to_float, 1.0, aliases=("zeta",)),
-    Param("print_sparse_index", to_str, ""),
-    Param("unique_hash_tolerance", to_float, 1.0e-10, check=non_negative),
-    Param("unique_descriptor_tolerance", to_float, 1.0e-10, check=non_negative),
+    Param("energy_scale", to_float, None, aliases=("delta",), mandatory=True, check=positive,
+          help="δ, the energy scale of this term (eV): the kernel is multiplied by δ²"),
+    Param("f0", to_float, 0.0, help="kernel offset (eV): ard_se and pp kernels add f0²"),
+    Param("n_sparse", to_int, 0, help="number of sparse points M of this descriptor (per species after add_species)"),
+    Param("config_type_n_sparse", to_str, "", help="M per config_type instead of n_sparse: {type1:50:type2:100}"),
+    Param("sparse_method", _sparse_method, "random", help="how the sparse points are chosen (list below)"),
+    Param("lengthscale_factor", to_str, "1.0", aliases=("theta_fac",),
+          help="ard_se θ = this factor × each dimension's range over the data (one value or one per dimension)"),
+    Param("lengthscale_uniform", to_float, 0.0, aliases=("theta_uniform",),
+          help="ard_se θ, the same for every dimension (units of the descriptor, e.g. Å)"),
+    Param("lengthscale_file", to_str, "", aliases=("theta_file",), help="ard_se θ from a file: one line, d numbers"),
+    Param("sparse_file", to_str, "", help="the sparse points (sparse_method=file) or their indices (index_file)"),
+    Param("mark_sparse_atoms", to_bool, False, help="does nothing in gap_fit (refused)"),
+    Param("add_species", to_bool, True, help="expand into one descriptor per species (or pair) in the data"),
+    Param("covariance_type", _covariance_type, None, mandatory=True,
+          help="the kernel: ard_se (alias gaussian) or dot_product"),
+    Param("soap_exponent", to_float, 1.0, aliases=("zeta",), help="ζ, the exponent of the dot_product kernel"),
+    Param("print_sparse_index", to_str, "", help="append the 1-based indices of the chosen sparse points to this file"),
+    Param("unique_hash_tolerance", to_float, 1.0e-10, check=non_negative,
+          help="duplicate filter: candidates whose L1 norms differ by less are compared"),
+    Param("unique_descriptor_tolerance", to_float, 1.0e-10, check=non_negative,
+          help="duplicate filter: compared candidates closer than this in every component are one"),
 ])
 
 
@@ -597,9 +464,9 @@ class GapSpec:
     index: int  # 1-based position among the pieces (for messages)
     descriptor_type: str
     gp: Dict[str, Any]
-    gp_given: Dict[str, Optional[str]]
+    gp_given: GivenKeys
     descriptor_params: Dict[str, Any]
-    descriptor_given: Dict[str, Optional[str]]
+    descriptor_given: GivenKeys
 
     @property
     def where(self) -> str:
@@ -644,15 +511,18 @@ def _validate_gp(spec: GapSpec) -> None:
     hyper = [k for k in ("lengthscale_file", "lengthscale_uniform", "lengthscale_factor", "soap_exponent") if k in given]
     if len(hyper) != 1:
         raise ConfigError(f"exactly one of theta_file, theta_uniform, theta_fac or zeta must be given {where}; "
-                          f"got {len(hyper)}" + (f" ({', '.join(hyper)})" if hyper else ""))
+                          f"got {len(hyper)}" + (f" ({', '.join(given.key(k) for k in hyper)})" if hyper else ""))
     if cov == "dot_product" and "soap_exponent" not in given:
         raise ConfigError(f"covariance_type=dot_product needs zeta {where}")
     if cov == "ard_se" and "soap_exponent" in given:
-        raise ConfigError(f"covariance_type=ard_se needs theta_uniform, theta_fac or theta_file, not zeta, {where}")
+        raise ConfigError(f"covariance_type=ard_se needs theta_uniform, theta_fac or theta_file, "
+                          f"not {given.key('soap_exponent')}, {where}")
     if "lengthscale_uniform" in given and gp["lengthscale_uniform"] <= 0:
-        raise ConfigError(f"the 'theta_uniform' key {where} must be greater than 0; got {given['lengthscale_uniform']}")
+        raise ConfigError(f"the '{given.key('lengthscale_uniform')}' key {where} must be greater than 0; "
+                          f"got {given['lengthscale_uniform']}")
     if cov == "dot_product" and gp["soap_exponent"] < 0:
-        raise ConfigError(f"the 'zeta' key {where} must be 0 or greater; got {given['soap_exponent']}")
+        raise ConfigError(f"the '{given.key('soap_exponent')}' key {where} must be 0 or greater; "
+                          f"got {given['soap_exponent']}")
     method = gp["sparse_method"]
     file_method = method in ("file", "index_file")
     if gp["sparse_file"] and not file_method:

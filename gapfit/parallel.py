@@ -94,7 +94,8 @@ class MPIComm:
 
     @property
     def library(self):
-        return self._MPI.Get_library_version().splitlines()[0].strip()
+        # Open MPI's string ends in a NUL byte, which makes grep call a log file binary
+        return self._MPI.Get_library_version().replace("\0", "").splitlines()[0].strip()
 
     @property
     def handle(self):

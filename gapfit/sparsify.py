@@ -2,11 +2,7 @@
 
 All candidates of a coordinate are its descriptor instances in data order
 (frames in file order, instances in QUIP's order).  Before any selection,
-duplicates are excluded as gap_fit does: instances are ordered by the L1 norm of
-their vector with QUIP's heap sort (its tie order decides which of two equal
-instances survives), and of two neighbours in that order whose norms differ by
-less than ``unique_hash_tolerance`` and whose components differ by less than
-``unique_descriptor_tolerance``, the earlier one is dropped.
+duplicates are excluded as gap_fit does (:mod:`gapfit.dedup`).
 
 Selected indices are sorted ascending, so sparse points follow data order.  All
 random choices use one explicit :class:`numpy.random.Generator` (``rnd_seed``);
@@ -21,57 +17,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from . import clustering
+from .dedup import unique_mask
 from .errors import ConfigError, DataError
-
-
-def quip_heap_sort_order(keys: np.ndarray) -> np.ndarray:
-    """The permutation QUIP's ``heap_sort`` applies to ``keys`` (ascending, QUIP's tie order).
-
-    A plain sift-down heap sort whose tie behaviour (the right child wins between
-    equal children) differs from NumPy's; it is sequential by nature, about 3 µs
-    per element in Python.
-    """
-    a = [0.0] + [float(k) for k in keys]
-    idx = list(range(-1, len(keys)))
-    n = len(keys)
-
-    def siftdown(root, bottom):
-        while root * 2 <= bottom:
-            c = root * 2
-            if c != bottom and not (a[c] > a[c + 1]):
-                c += 1
-            if a[root] < a[c]:
-                a[root], a[c] = a[c], a[root]
-                idx[root], idx[c] = idx[c], idx[root]
-                root = c
-            else:
-                return
-
-    for i in range(n // 2, 0, -1):
-        siftdown(i, n)
-    for i in range(n, 1, -1):
-        a[1], a[i] = a[i], a[1]
-        idx[1], idx[i] = idx[i], idx[1]
-        siftdown(1, i - 1)
-    return np.array(idx[1:], dtype=np.int64)
-
-
-def unique_mask(x: np.ndarray, candidate: np.ndarray, hash_tolerance: float, descriptor_tolerance: float) -> np.ndarray:
-    """``candidate`` with gap_fit's duplicates removed (see module docstring)."""
-    keep = candidate.copy()
-    idx = np.nonzero(candidate)[0]
-    if idx.size < 2:
-        return keep
-    hashes = np.abs(x[idx]).sum(axis=1)
-    order = idx[quip_heap_sort_order(hashes)]
-    h = np.abs(x[order]).sum(axis=1)
-    close = np.abs(h[:-1] - h[1:]) < hash_tolerance
-    pairs = np.nonzero(close)[0]
-    if pairs.size:
-        diff = np.abs(x[order[pairs + 1]] - x[order[pairs]]).max(axis=1)
-        drop = order[pairs[diff < descriptor_tolerance]]
-        keep[drop] = False
-    return keep
 
 
 def _nint(t: np.ndarray) -> np.ndarray:
@@ -210,7 +158,7 @@ def choose_sparse_points(spec, x: Optional[np.ndarray], cutoff: Optional[np.ndar
         return SparseChoice(sx, sc, None)
     n_all = x.shape[0]
     if n_all == 0:
-        raise DataError(f"descriptor {spec.index} ({spec.piece.strip()}) found no environments in the data: "
+        raise DataError(f"descriptor {spec.index} ({' '.join(spec.piece.split())}) found no environments in the data: "
                         f"check its cutoff and species (Z, Z1, Z2)")
     if method == "index_file":
         index = read_index_file(gp["sparse_file"], n_all, where)
@@ -228,7 +176,6 @@ def choose_sparse_points(spec, x: Optional[np.ndarray], cutoff: Optional[np.ndar
         return SparseChoice(x[index], cutoff[index], index)
     selector = _SELECTORS.get(method)
     if selector is None:
-        from . import clustering
         if method not in clustering.SELECTORS:
             raise ConfigError(f"sparse_method={method} {where} is not implemented in gapfit")
         context = clustering.SelectionContext.from_gp(gp, theta=theta, use_actual_gpcov=use_actual_gpcov, log=log)
@@ -263,7 +210,7 @@ def choose_sparse_points(spec, x: Optional[np.ndarray], cutoff: Optional[np.ndar
                 groups.append(pool[selector(x[pool], m, rng)])
     index = np.sort(np.concatenate(groups)) if groups else np.zeros(0, dtype=np.int64)
     if index.size == 0:
-        raise DataError(f"descriptor {spec.index} ({spec.piece.strip()}) has no sparse points")
+        raise DataError(f"descriptor {spec.index} ({' '.join(spec.piece.split())}) has no sparse points")
     return SparseChoice(x[index], cutoff[index], index)
 
 

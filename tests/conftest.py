@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +101,49 @@ def run_gapfit(args, cwd, timeout=600, env=None, mpi_ranks=None, extra_mpi=()):
 @pytest.fixture
 def gapfit_cli():
     return run_gapfit
+
+
+# --- a single-node SLURM on localhost (scripts/local_slurm.sh) ---------------------------------
+@pytest.fixture
+def local_slurm(tmp_path):
+    if shutil.which("slurmctld") is None or shutil.which("sbatch") is None or shutil.which("munged") is None:
+        pytest.skip("SLURM is not installed (bash scripts/setup.sh installs slurmctld slurmd slurm-client munge)")
+    if os.geteuid() != 0:
+        pytest.skip("starting a local SLURM needs root")
+    state = tmp_path / "slurm"
+    script = ROOT / "scripts" / "local_slurm.sh"
+    proc = subprocess.run(["bash", str(script), "start", str(state)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    try:
+        yield state / "slurm.conf"
+    finally:
+        subprocess.run(["bash", str(script), "stop", str(state)], capture_output=True, timeout=60)
+
+
+def slurm_job_state(job, env):
+    """(JobState, Reason) of a job, from scontrol (no accounting database is needed)."""
+    proc = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True, timeout=30)
+    fields = dict(w.split("=", 1) for w in proc.stdout.split() if "=" in w)
+    return fields.get("JobState", "UNKNOWN"), fields.get("Reason", "")
+
+
+def wait_for_slurm_job(job, env, state_dir, pending_limit=30.0, run_limit=300.0):
+    """Wait for a job to end; fail within seconds, with slurmctld's reason, if it cannot start.
+
+    On an idle single-node cluster a job starts at once: one still pending after ``pending_limit``
+    seconds never will (e.g. a node configured with fewer CPUs than the job asks for).
+    """
+    start = time.monotonic()
+    while True:
+        state, reason = slurm_job_state(job, env)
+        waited = time.monotonic() - start
+        if state not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING"):
+            return state, reason
+        if (state == "PENDING" and waited > pending_limit) or waited > run_limit:
+            subprocess.run(["scancel", job], env=env, capture_output=True, timeout=30)
+            log = (state_dir / "slurmctld.log").read_text(errors="replace").splitlines()[-15:]
+            nodes = subprocess.run(["sinfo", "-N", "-o", "%N %T %c %E"], env=env, capture_output=True,
+                                   text=True, timeout=30).stdout
+            pytest.fail(f"job {job} still {state} after {waited:.0f} s, reason: {reason}\n"
+                        f"sinfo:\n{nodes}slurmctld.log (end):\n" + "\n".join(log))
+        time.sleep(0.5)

@@ -61,12 +61,116 @@ def test_config_file_run(tmp_path):
     assert "#" not in model.command_line and "at_file=Si.np1.xyz" in model.command_line
 
 
-def test_help_and_version():
-    env = mpi_env()
-    out = subprocess.run([sys.executable, "-m", "gapfit", "--help"], capture_output=True, text=True, env=env)
-    assert out.returncode == 0 and "default_kernel_regularisation / default_sigma" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "gapfit"], capture_output=True, text=True, env=env)
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "gapfit", *args], capture_output=True, text=True, env=mpi_env())
+
+
+def _help_entries(text):
+    """{key names line: description} of a help text's key entries."""
+    entries, key = {}, None
+    for line in text.splitlines():
+        if line.startswith("  ") and not line.startswith("   ") and " = " in line:
+            key = line.strip()
+            entries[key] = ""
+        elif line.startswith("      ") and key:
+            entries[key] += line.strip() + " "
+    return entries
+
+
+def test_help_lists_every_key_with_a_description():
+    from gapfit.descriptors import REGISTRY, descriptor_class
+    from gapfit.options import GP_KEYS, SPARSE_METHODS, TOP_LEVEL
+    out = _cli("--help")
+    assert out.returncode == 0
+    entries = _help_entries(out.stdout)
+    for p in TOP_LEVEL.params + GP_KEYS.params:
+        line = next((k for k in entries if k.startswith(" / ".join(p.names) + " = ")), None)
+        assert line is not None, p.name
+        assert len(entries[line].split()) >= 3, (p.name, entries[line])
+    assert "default_kernel_regularisation / default_sigma = mandatory" in out.stdout
+    assert "energies (eV), forces (eV/Å), virials (eV)" in out.stdout
+    for method in SPARSE_METHODS:
+        assert f"\n  {method} " in out.stdout
+    for name in REGISTRY:
+        out = _cli("--help", name)
+        assert out.returncode == 0, out.stderr
+        entries = _help_entries(out.stdout)
+        cls = descriptor_class(name)
+        for p in cls.schema.params:
+            if p.name == name:
+                continue
+            line = next((k for k in entries if k.startswith(" / ".join(p.names) + " = ")), None)
+            assert line is not None and entries[line].strip(), (name, p.name)
+        assert f"Sparse methods for {name}:" in out.stdout
+        for method in cls.sparse_methods:
+            assert f"\n  {method} " in out.stdout
+    assert "uniform" not in _cli("--help", "soap").stdout.split("Sparse methods for soap:")[1]
+    assert "uniform" in _cli("--help", "distance_2b").stdout.split("Sparse methods for distance_2b:")[1]
+    out = _cli("--help", "soap")
+    assert "l_max = mandatory" in out.stdout and "cutoff radius (Å)" in out.stdout
+
+
+def test_help_topics_and_version():
+    out = _cli("--help", "theta_uniform")
+    assert out.returncode == 0 and "lengthscale_uniform / theta_uniform = 0.0" in out.stdout
+    out = _cli("--help", "cur_points")
+    assert out.returncode == 0 and "sparse_method=cur_points: CUR" in out.stdout
+    out = _cli("--help", "soapp")
+    assert out.returncode == 2 and "did you mean 'soap'?" in out.stderr and out.stdout == ""
+    out = _cli()
     assert out.returncode == 2 and "mandatory" in out.stderr
+    out = _cli("--version")
+    assert out.returncode == 0 and out.stdout.startswith("gapfit ")
+
+
+def test_unused_targets_are_warned_about(tmp_path):
+    """ASE writes 'forces'; gap_fit's default force_parameter_name is 'force': say so, and go on."""
+    frames = [f for f in read(str(QUIP_TESTS / "Si.np1.xyz"), ":") if "dft_energy" in f.info and "dft_force" in f.arrays]
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+    for atoms in frames:
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.info.pop("dft_energy"),
+                                           forces=atoms.arrays.pop("dft_force"))
+        atoms.info.pop("dft_virial", None)
+    write(str(tmp_path / "ase.xyz"), frames, format="extxyz")
+    gap = "gap={" + GAP + "}"
+    proc = run_gapfit(["at_file=ase.xyz", gap, "default_sigma={0.01 1.0 0.5 0.0}", "gp_file=gp.xml",
+                       "sparse_jitter=1e-4", "e0_method=average"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    warning = next(line for line in proc.stderr.splitlines() if "'force'" in line)
+    assert warning.startswith(f"gapfit: warning: {len(frames)} of {len(frames)} frames carry the per-atom array "
+                              f"'forces' (also: 'gap_forces', "), warning
+    assert warning.endswith("but no 'force' (force_parameter_name=force, gap_fit default): their forces are not "
+                            "fitted; set force_parameter_name=forces to fit them"), warning
+    # named as the user typed it, and silent once the option is right
+    proc = run_gapfit(["at_file=ase.xyz", gap, "default_sigma={0.01 1.0 0.5 0.0}", "gp_file=gp.xml",
+                       "sparse_jitter=1e-4", "e0_method=average", "energy_parameter_name=dft_energy",
+                       "force_parameter_name=forces"], tmp_path)
+    assert proc.returncode != 0 and "no frame has the energy key 'dft_energy'" in proc.stderr  # an error, as before
+    proc = run_gapfit(["at_file=ase.xyz", gap, "default_sigma={0.01 1.0 0.5 0.0}", "gp_file=gp.xml",
+                       "sparse_jitter=1e-4", "e0_method=average", "force_parameter_name=forces"], tmp_path)
+    assert proc.returncode == 0 and "'forces'" not in proc.stderr, proc.stderr
+    assert "set virial_parameter_name=gap_virial" in proc.stderr  # Si.np1 carries gap_fit's predictions too
+
+
+def test_unused_energy_and_stress_keys(tmp_path):
+    from gapfit.data import TargetNames, unused_target_warnings
+    from gapfit.extxyz import FrameIndex
+    from gapfit.options import parse_top_level
+
+    def entry(info, arrays=()):
+        return FrameIndex(index=0, offset=0, nbytes=0, line=1, n_atoms=2, info=info, numbers=np.zeros(2, int),
+                          array_names=tuple(arrays))
+    opts = parse_top_level(["at_file=x", "gap={distance_2b}", "default_sigma={1 1 1 1}",
+                            "energy_parameter_name=dft_energy"])
+    names = TargetNames.from_options(opts.values)
+    entries = [entry({"energy": 1.0, "stress": np.zeros(6)}, ["forces"]), entry({"dft_energy": 1.0, "virial": 0})]
+    found = unused_target_warnings(entries, names, lambda kind: (opts.key(f"{kind}_parameter_name"),
+                                                                 opts.has(f"{kind}_parameter_name")))
+    assert found[0].startswith("1 of 2 frames carry the key 'energy' but no 'dft_energy' "
+                               "(energy_parameter_name=dft_energy): ")
+    assert "set force_parameter_name=forces" in found[1]
+    assert len(found) == 2  # the first frame's stress is used: virial_parameter_name's fallback
 
 
 def test_export_covariance_and_condition_number(tmp_path):

@@ -19,7 +19,7 @@ from scipy.spatial.distance import cdist
 from gapfit import clustering as cl
 from gapfit.clustering import SELECTORS, SelectionContext
 from gapfit.errors import ConfigError
-from gapfit.sparsify import unique_mask
+from gapfit.dedup import unique_mask
 
 from conftest import environment_labels
 

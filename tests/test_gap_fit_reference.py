@@ -169,7 +169,7 @@ TA_SOAP = ("{distance_2b cutoff=5.0 delta=10.0 covariance_type=ard_se theta_unif
 
 def test_same_soap_model_as_gap_fit_on_ta(tmp_path, gap_fit):
     """Ta-soap options (200 soap points to keep gap_fit's run short), the same sparse points for both."""
-    from gapfit.options import join_argv, strip_comments, split_fields
+    from gapfit.options import strip_comments, split_fields
     frames = read(str(TA_XYZ), ":")
     write(str(tmp_path / "train.xyz"), [f for i, f in enumerate(frames) if i % 3 != 2], format="extxyz")
     held_out = [f for i, f in enumerate(frames) if i % 3 == 2][::2]

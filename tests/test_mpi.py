@@ -49,6 +49,10 @@ def _fit(tmp_path, data, options, ranks, tag, gap=GAP_2B):
     args = ["at_file=train.xyz", "gap={" + gap + "}", f"gp_file={tag}.xml", *options]
     proc = run_gapfit(args, tmp_path, mpi_ranks=ranks if ranks > 1 else None, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    # a log that grep reads as text (Open MPI's version string ends in NUL), each BLAS named once
+    assert "\0" not in proc.stdout + proc.stderr
+    blas = next(line for line in proc.stdout.splitlines() if line.startswith("  BLAS: ")).split(": ", 1)[1]
+    assert len(blas.split("; ")) == len(set(blas.split("; "))), blas
     return read_model(str(tmp_path / f"{tag}.xml")), proc
 
 

@@ -11,7 +11,8 @@ import pytest
 from gapfit import GapFit
 from gapfit.errors import ModelError
 from gapfit.gap_xml import read_model
-from gapfit.sparsify import QuipRandom, quip_heap_sort_order, select_uniform, unique_mask
+from gapfit.dedup import quip_heap_sort_order, unique_mask
+from gapfit.sparsify import QuipRandom, select_uniform
 
 from conftest import QUIP_TESTS, run_gapfit
 

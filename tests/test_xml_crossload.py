@@ -5,7 +5,6 @@ magnitude in each comparison); in practice the agreement is ~1e-13.
 """
 
 import hashlib
-import io
 import re
 import shutil
 
@@ -17,7 +16,7 @@ from gapfit import GapFit
 from gapfit.calculator import GapCalculator
 from gapfit.gap_xml import read_model
 
-from conftest import QUIP_TESTS, run_gapfit
+from conftest import QUIP_TESTS
 
 SIC_2B = ("distance_2b cutoff=4.0 cutoff_transition_width=0.8 covariance_type=ard_se delta=1.0 theta_uniform=0.4 "
           "n_sparse=15 sparse_method=uniform")

@@ -45,4 +45,11 @@ def find_type(keys, where: str) -> str:
     if unsupported:
         raise ConfigError(f"descriptor '{unsupported[0]}' {where} is not implemented in gapfit "
                           f"(available: {', '.join(REGISTRY)})")
-    raise ConfigError(f"no descriptor type {where}: it must start with one of {', '.join(REGISTRY)}")
+    from ..schema import did_you_mean
+    hint = ""
+    for key in keys:
+        hint = did_you_mean(key, list(REGISTRY) + list(QUIP_ONLY))
+        if hint:
+            hint = f" ('{key}' is not one{hint})"
+            break
+    raise ConfigError(f"no descriptor type {where}: it must start with one of {', '.join(REGISTRY)}{hint}")

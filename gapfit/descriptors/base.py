@@ -7,7 +7,7 @@ from typing import ClassVar, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..options import Schema
+from ..schema import Schema
 
 
 @dataclass
@@ -65,8 +65,10 @@ class Descriptor:
     """
 
     name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # one line for gapfit --help
     schema: ClassVar[Schema]
     n_index: ClassVar[int] = 1
+    sparse_methods: ClassVar[Sequence[str]] = ()  # those that make sense for it (gapfit --help)
 
     def __init__(self, params: Dict, piece: str = "", given=()):
         self.params = dict(params)

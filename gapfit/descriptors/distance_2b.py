@@ -15,32 +15,35 @@ import numpy as np
 from scipy.special import erf
 
 from ..errors import ConfigError
-from ..options import Param, Schema, int_list, to_bool, to_float, to_int, to_str
+from ..schema import Param, Schema, int_list, to_bool, to_float, to_int, to_str
 from .base import Descriptor, DescriptorValues, coordination_function, d_coordination_function
 
 
 class Distance2b(Descriptor):
     name = "distance_2b"
     n_index = 2
+    summary = "the distance r_ij of every pair of atoms within the cutoff (a pair potential)"
+    sparse_methods = ("uniform", "random", "cur_points", "cur_covariance", "pivot", "kmeans", "fuzzy", "cluster",
+                      "covariance", "none", "file", "index_file")
     schema = Schema([
-        Param("distance_2b", to_bool, True),
-        Param("cutoff", to_float, 0.0, help="cutoff radius (Å)"),
-        Param("cutoff_transition_width", to_float, 0.5),
-        Param("Z1", to_int, 0),
-        Param("Z2", to_int, 0),
-        Param("resid_name", to_str, ""),
-        Param("only_intra", to_bool, False),
-        Param("only_inter", to_bool, False),
-        Param("n_exponents", to_int, 1),
-        Param("exponents", int_list(), None),
-        Param("tail_range", to_float, 1.0),
-        Param("tail_exponent", to_int, 0),
+        Param("distance_2b", to_bool, True, help="the descriptor keyword"),
+        Param("cutoff", to_float, 0.0, help="cutoff radius (Å); required"),
+        Param("cutoff_transition_width", to_float, 0.5, help="width of the cosine taper below the cutoff (Å)"),
+        Param("Z1", to_int, 0, help="atomic number of one atom of the pair (0: any); set by add_species"),
+        Param("Z2", to_int, 0, help="atomic number of the other atom (0: any); set by add_species"),
+        Param("resid_name", to_str, "", help="per-atom integer column of residue numbers, for only_intra and only_inter"),
+        Param("only_intra", to_bool, False, help="only pairs within one residue"),
+        Param("only_inter", to_bool, False, help="only pairs between residues"),
+        Param("n_exponents", to_int, 1, help="number of components r^e (with exponents)"),
+        Param("exponents", int_list(), None, help="the exponents e of the components (default {1}, or -1..-n)"),
+        Param("tail_range", to_float, 1.0, help="range of the erf(r/range)/r tail factor (Å)"),
+        Param("tail_exponent", to_int, 0, help="exponent of the tail factor (0: no tail)"),
     ])
 
     def __init__(self, params, piece="", given=()):
         super().__init__(params, piece, given)
         p = self.params
-        where = f"in descriptor '{piece.strip()}'" if piece else "in distance_2b"
+        where = f"in descriptor '{' '.join(piece.split())}'" if piece else "in distance_2b"
         if p["cutoff"] <= 0:
             raise ConfigError(f"the 'cutoff' key {where} must be greater than 0; got {p['cutoff']}")
         if p["cutoff_transition_width"] <= 0 or p["cutoff_transition_width"] > p["cutoff"]:

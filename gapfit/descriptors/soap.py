@@ -75,7 +75,7 @@ import scipy.linalg
 from scipy.special import erf, gammainc, gamma as gamma_function
 
 from ..errors import ConfigError
-from ..options import Param, Schema, at_least_one, int_list, non_negative, positive, to_bool, to_float, to_int, to_str
+from ..schema import Param, Schema, at_least_one, int_list, non_negative, positive, to_bool, to_float, to_int, to_str
 from .base import Descriptor, DescriptorValues, coordination_function, d_coordination_function
 
 #: gap_version from which the centre Gaussian goes only into the centre's own channel by default
@@ -107,39 +107,50 @@ def _radial_basis_choice(value):
 class Soap(Descriptor):
     name = "soap"
     n_index = 1
+    summary = "Smooth Overlap of Atomic Positions: the power spectrum of each atom's smeared neighbour density"
+    #: uniform grids each dimension: soap's hundreds of dimensions cannot be gridded
+    sparse_methods = ("cur_points", "cur_covariance", "random", "pivot", "kmeans", "fuzzy", "cluster",
+                      "covariance", "none", "file", "index_file")
     schema = Schema([
-        Param("soap", to_bool, True),
-        Param("cutoff", to_float, None, mandatory=True, help="cutoff radius (Å)", check=positive),
-        Param("cutoff_transition_width", to_float, 0.5, check=positive),
-        Param("cutoff_dexp", to_int, 0, check=non_negative),
-        Param("cutoff_scale", to_float, 1.0, check=positive),
-        Param("cutoff_rate", to_float, 1.0, check=non_negative),
-        Param("l_max", to_int, None, mandatory=True, check=non_negative),
-        Param("n_max", to_int, None, mandatory=True, check=at_least_one),
-        Param("atom_sigma", to_float, None, aliases=("atom_gaussian_width",), mandatory=True,
-              check=positive),
-        Param("central_weight", to_float, 1.0),
-        Param("central_reference_all_species", to_bool, False),
-        Param("average", to_bool, False),
-        Param("diagonal_radial", to_bool, False),
-        Param("covariance_sigma0", to_float, 0.0),
-        Param("normalise", to_bool, True, aliases=("normalize",)),
-        Param("basis_error_exponent", to_float, 10.0, check=non_negative),
-        Param("n_Z", to_int, 1, check=at_least_one),
-        Param("Z", int_list(), None),
-        Param("n_species", to_int, 1, check=at_least_one),
-        Param("species_Z", int_list(), None),
-        Param("xml_version", to_int, VERSION_CENTRAL_REFERENCE),
-        Param("nu_R", to_int, 2),
-        Param("nu_S", to_int, 2),
-        Param("Z_mix", to_bool, False),
-        Param("R_mix", to_bool, False),
-        Param("sym_mix", to_bool, False),
-        Param("coupling", to_bool, True),
-        Param("K", to_int, 0),
-        Param("mix_shift", to_int, 0),
-        Param("Z_map", to_str, ""),
-        Param("radial_basis", _radial_basis_choice, "EQUISPACED_GAUSS"),
+        Param("soap", to_bool, True, help="the descriptor keyword"),
+        Param("cutoff", to_float, None, mandatory=True, check=positive,
+              help="cutoff radius (Å): neighbours at r < cutoff"),
+        Param("cutoff_transition_width", to_float, 0.5, check=positive,
+              help="width of the cosine taper of neighbour weights below the cutoff (Å)"),
+        Param("cutoff_dexp", to_int, 0, check=non_negative,
+              help="exponent of the optional extra radial decay of neighbour weights (0: none)"),
+        Param("cutoff_scale", to_float, 1.0, check=positive, help="length scale of that decay (Å)"),
+        Param("cutoff_rate", to_float, 1.0, check=non_negative, help="rate of that decay"),
+        Param("l_max", to_int, None, mandatory=True, check=non_negative,
+              help="largest angular momentum of the expansion"),
+        Param("n_max", to_int, None, mandatory=True, check=at_least_one, help="number of radial basis functions"),
+        Param("atom_sigma", to_float, None, aliases=("atom_gaussian_width",), mandatory=True, check=positive,
+              help="width of the Gaussian smearing each neighbour (Å)"),
+        Param("central_weight", to_float, 1.0, help="weight of the central atom's own Gaussian"),
+        Param("central_reference_all_species", to_bool, False,
+              help="put the central Gaussian in every species channel (default T with one species)"),
+        Param("average", to_bool, False, help="one descriptor per structure, the average over its atoms"),
+        Param("diagonal_radial", to_bool, False, help="keep only n = n' terms of the power spectrum"),
+        Param("covariance_sigma0", to_float, 0.0, help="value of the extra last component of the vector"),
+        Param("normalise", to_bool, True, aliases=("normalize",), help="normalise each vector to unit length"),
+        Param("basis_error_exponent", to_float, 10.0, check=non_negative,
+              help="sets the extent of the radial basis (QUIP's 10^-x accuracy target)"),
+        Param("n_Z", to_int, 1, check=at_least_one, help="number of central species in Z"),
+        Param("Z", int_list(), None, help="atomic numbers of the central atoms ({0}: all); set by add_species"),
+        Param("n_species", to_int, 1, check=at_least_one, help="number of neighbour species channels"),
+        Param("species_Z", int_list(), None, help="atomic numbers of the neighbour channels; set by add_species"),
+        Param("xml_version", to_int, VERSION_CENTRAL_REFERENCE, help="QUIP compatibility switches of old models"),
+        Param("nu_R", to_int, 2, help="compression: radial body order (only the default 2 is supported)"),
+        Param("nu_S", to_int, 2, help="compression: species body order (only the default 2 is supported)"),
+        Param("Z_mix", to_bool, False, help="compression: mix species channels (not supported)"),
+        Param("R_mix", to_bool, False, help="compression: mix radial channels (not supported)"),
+        Param("sym_mix", to_bool, False, help="compression: symmetric mixing (not supported)"),
+        Param("coupling", to_bool, True, help="compression: coupled power spectrum (only T is supported)"),
+        Param("K", to_int, 0, help="compression: number of mixed channels (not supported)"),
+        Param("mix_shift", to_int, 0, help="compression: mixing seed shift (not supported)"),
+        Param("Z_map", to_str, "", help="compression: species map (not supported)"),
+        Param("radial_basis", _radial_basis_choice, "EQUISPACED_GAUSS",
+              help="radial basis: EQUISPACED_GAUSS (QUIP's default), GTO or POLY"),
     ])
 
     def __init__(self, params, piece="", given=()):

@@ -5,6 +5,8 @@ Never the normal equations: they lose several digits (interface notes §3.4).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import scipy.linalg as sla
 from scipy.linalg import lapack
@@ -54,3 +56,21 @@ def qr_solve(a: np.ndarray, b: np.ndarray, overwrite: bool = True):
     if not np.all(np.isfinite(x)):
         raise NumericalError("the solution contains NaN or infinity: check the data for extreme values")
     return x, r
+
+
+def qr_flops(n_rows: int, n_cols: int) -> float:
+    """Floating-point operations of a Householder QR of an n_rows × n_cols matrix."""
+    return 2.0 * n_rows * n_cols ** 2 - 2.0 / 3.0 * n_cols ** 3
+
+
+def sampled_qr_rate(n_cols: int) -> float:
+    """FLOP/s of this process's dgeqrf on a small tall sample (~0.1 s), for time estimates.
+
+    A narrower sample than the real matrix runs at a lower rate, so estimates err long.
+    """
+    width = max(1, min(int(n_cols), 512))
+    a = np.asfortranarray(np.random.default_rng(0).standard_normal((8 * width, width)))
+    lwork, _ = lapack.dgeqrf_lwork(*a.shape)
+    start = time.perf_counter()
+    lapack.dgeqrf(a, lwork=int(lwork), overwrite_a=1)
+    return qr_flops(*a.shape) / max(time.perf_counter() - start, 1e-6)

@@ -1,0 +1,101 @@
+"""Every code block of README.md runs as written, so the README cannot rot.
+
+The blocks run in order, in one folder laid out like a checkout (``examples/`` and ``scripts/``
+copied, ``.venv`` linked to the environment running the tests, its ``gapfit`` on PATH) that
+holds the example data as ``train.xyz``: what a user following the README does.  The
+environment is the README's own advice for root on a 2-core machine (``OMPI_ALLOW_RUN_AS_ROOT``,
+oversubscription allowed).
+
+Two blocks are set-up commands.  The test command's setup is what CI (``.ci/run``) runs, so the
+test checks that ``.ci/run`` runs exactly that block; the example block's setup half is the
+same setup, and its example half runs here.  The SLURM block runs against a single-node SLURM
+started on localhost.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gapfit.gap_xml import read_model
+
+from conftest import ROOT, TA_XYZ, mpi_env, wait_for_slurm_job
+
+README = ROOT / "README.md"
+SETUP = "bash scripts/setup.sh"
+
+
+def code_blocks():
+    """(language, code) of every fenced block in README.md, in order."""
+    return re.findall(r"^```(\w*)\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+
+
+def test_every_block_is_bash_or_python():
+    blocks = code_blocks()
+    assert len(blocks) >= 6
+    assert {lang for lang, _ in blocks} <= {"bash", "python"}, [lang for lang, _ in blocks]
+
+
+def test_ci_runs_the_readme_test_command():
+    tests = [code for lang, code in code_blocks() if f"{SETUP} --tests" in code]
+    assert len(tests) == 1
+    command = tests[0].strip()
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert ci[-1].strip() == command
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    root = tmp_path / "checkout"
+    root.mkdir()
+    for name in ("examples", "scripts"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("output", "gapfit-*.out", "*.xml*"))
+    os.symlink(Path(sys.executable).parent.parent, root / ".venv")
+    shutil.copy(TA_XYZ, root / "train.xyz")
+    return root
+
+
+def _run(cmd, cwd, env, what):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"README block failed: {what}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n" \
+                                 f"{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.mark.mpi
+def test_readme_blocks_run(checkout, local_slurm):
+    env = mpi_env()
+    env.pop("PYTHONPATH", None)  # the installed gapfit, as a user has it
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    env["OMPI_MCA_rmaps_base_oversubscribe"] = "1"
+    env["SLURM_CONF"] = str(local_slurm)
+    ran = []
+    for lang, code in code_blocks():
+        what = code.strip().splitlines()[0]
+        if f"{SETUP} --tests" in code:
+            continue  # the command running this test (test_ci_runs_the_readme_test_command)
+        if lang == "python":
+            _run([sys.executable, "-c", code], checkout, env, what)
+        elif code.strip().startswith(f"{SETUP} && "):
+            _run(["bash", "-euo", "pipefail", "-c", code.strip()[len(SETUP) + 4:]], checkout, env, what)
+            assert read_model(str(checkout / "examples" / "output" / "ta_gap.xml")).coordinates
+        elif "sbatch" in code:
+            proc = _run(["bash", "-euo", "pipefail", "-c", code], checkout, env, what)
+            job = re.search(r"Submitted batch job (\d+)", proc.stdout).group(1)
+            state, reason = wait_for_slurm_job(job, env, local_slurm.parent)
+            out = (checkout / "examples" / "slurm" / f"gapfit-{job}.out").read_text(errors="replace")
+            assert state == "COMPLETED", f"job {job} ended {state} ({reason})\n{out[-3000:]}"
+            assert "2 ranks on 1 node(s)" in out
+            assert read_model(str(checkout / "examples" / "slurm" / "ta_gap.xml")).coordinates
+        else:
+            _run(["bash", "-euo", "pipefail", "-c", code], checkout, env, what)
+        ran.append(what)
+    assert len(ran) >= 5, ran
+    # what the blocks wrote
+    for name in ("gp.xml", "gp_mpi.xml", "sparse/gp.xml", "sparse/gp.xml.fit.cfg", "gp_api.xml"):
+        assert (checkout / name).exists(), name
+    assert len(read_model(str(checkout / "gp_mpi.xml")).coordinates) == 2
