@@ -56,7 +56,7 @@ def main(argv=None) -> int:
             scalapack.blacs_selftest(comm)
             if not any(k in os.environ for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")):
                 scalapack.limit_blas_threads(comm)  # also caps the OpenBLAS that ScaLAPACK loaded
-        from .api import run_fit
+        from .pipeline import run_fit
         from .extxyz import XyzFileSource
 
         run_fit(opts, XyzFileSource(opts["at_file"]), comm=comm)

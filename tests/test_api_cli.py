@@ -187,14 +187,14 @@ def test_export_covariance_and_condition_number(tmp_path):
 
 def test_large_frames_in_pieces_give_the_same_model(monkeypatch):
     """A frame bigger than the chunk budget is processed centre-atom group by group."""
-    import gapfit.api as api
+    import gapfit.rows as rows
     kw = dict(gap=[GAP, "soap l_max=3 n_max=4 atom_sigma=0.5 cutoff=3.5 covariance_type=dot_product delta=0.5 "
                         "zeta=2 n_sparse=20 sparse_method=cur_points"],
               energy_parameter_name="dft_energy", force_parameter_name="dft_force",
               virial_parameter_name="dft_virial", default_sigma=[0.01, 1, 0.5, 0], sparse_jitter=1e-5, rnd_seed=3,
               quiet=True)
     whole = GapFit(**kw).fit(str(QUIP_TESTS / "SiC.np1.xyz"))
-    monkeypatch.setattr(api, "CHUNK_BYTES", 200_000)  # every 64-atom frame is split
+    monkeypatch.setattr(rows, "CHUNK_BYTES", 200_000)  # every 64-atom frame is split
     pieces = GapFit(**kw).fit(str(QUIP_TESTS / "SiC.np1.xyz"))
     for a, b in zip(whole.alpha_, pieces.alpha_):
         assert np.abs(a - b).max() <= 1e-8 * np.abs(a).max()

@@ -1,0 +1,86 @@
+"""``dryrun=T``: count instances and gradient rows, then estimate the peak memory per rank."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .candidates import CANDIDATE_METHODS
+from .covariance import DEFAULT_BLOCK_BYTES
+from .data import assign_frames
+from .neighbours import neighbour_list
+from .report import human_bytes, peak_rss_bytes
+from .rows import CHUNK_BYTES
+
+
+def memory_estimate(log, comm, source, entries, my_frames, coords, frame_rows_count, owner, max_cutoff):
+    """dryrun=T: count instances and gradient rows, then estimate the peak memory per rank."""
+    n_coord = len(coords)
+    counts = np.zeros((n_coord, 2), dtype=np.int64)  # instances, gradient rows
+    biggest_frame = 0.0
+    for frame in source.read([entries[f] for f in my_frames]):
+        nl = neighbour_list(frame.positions, frame.cell, frame.pbc, max_cutoff)
+        frame_bytes = 0.0
+        for k, c in enumerate(coords):
+            rows = c.descriptor.gradient_rows(frame, nl)
+            if rows is None:
+                rows = np.zeros(len(frame))
+            n_inst = int(np.count_nonzero(rows)) if c.descriptor.splittable else 1
+            counts[k] += (n_inst, int(rows.sum()))
+            frame_bytes += rows.sum() * 3 * c.descriptor.dimensions * 8
+        biggest_frame = max(biggest_frame, frame_bytes)
+    counts = comm.allreduce_sum(counts)
+    biggest_frame = comm.allreduce_max(biggest_frame)
+    if comm.rank != 0:
+        return
+    log.title("Memory estimate (dryrun=T)")
+    m_total, cand_bytes = 0, 0.0
+    rows = []
+    for k, c in enumerate(coords):
+        gp, d = c.spec.gp, c.descriptor.dimensions
+        n_inst, n_grad = (int(v) for v in counts[k])
+        m = gp["n_sparse"] if gp["n_sparse"] > 0 else n_inst
+        m = min(m, n_inst) if gp["sparse_method"] not in ("file", "index_file") else m
+        m_total += m
+        if gp["sparse_method"] in CANDIDATE_METHODS:
+            cand_bytes += 3.0 * n_inst * d * 8
+        rows.append([k + 1, c.descriptor.name, d, n_inst, n_grad, m, human_bytes(3.0 * n_grad * d * 8)])
+    log.table(["coordinate", "descriptor", "d", "instances", "gradient rows", "M", "all gradients"], rows)
+    n_rows = int(frame_rows_count.sum())
+    a_total = 8.0 * (n_rows + m_total) * m_total
+    baseline = float(peak_rss_bytes())
+    chunk = CHUNK_BYTES + 4.0 * DEFAULT_BLOCK_BYTES + min(biggest_frame, CHUNK_BYTES)
+    root_extra = cand_bytes + 2 * 8.0 * m_total ** 2
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh}
+        available = float(info.get("MemAvailable", info.get("MemTotal", 0)))
+    except OSError:  # pragma: no cover
+        available = 0.0
+
+    def per_rank(p):
+        load = np.bincount(owner if p == comm.size else assign_frames(frame_rows_count, p),
+                           weights=frame_rows_count, minlength=p)
+        local_rows = load.max() + -(-m_total // p)
+        return baseline + 8.0 * local_rows * m_total + chunk, root_extra
+
+    gradients_all = sum(3.0 * counts[k, 1] * c.descriptor.dimensions * 8 for k, c in enumerate(coords))
+    log(f"  A: {n_rows} target rows + {m_total} rows of U, {m_total} columns = {human_bytes(a_total)} in all")
+    log(f"  descriptor gradients of the whole data set: {human_bytes(gradients_all)} (gapfit keeps one chunk: "
+        f"about {human_bytes(chunk)} with the kernel blocks)")
+    log(f"  gap_fit would hold all of them plus two copies of A: about "
+        f"{human_bytes(gradients_all + 2 * a_total + 8.0 * sum(counts[:, 0]))} per process")
+    table, smallest = [], None
+    for p in sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, comm.size}):
+        rank_bytes, extra = per_rank(p)
+        total = p * rank_bytes + extra
+        fits = available > 0 and total <= available
+        if fits and smallest is None:
+            smallest = p
+        table.append([p, human_bytes(rank_bytes), human_bytes(rank_bytes + extra), human_bytes(total),
+                      "yes" if fits else "no"])
+    log.table(["ranks P", "per rank", "rank 0", "all ranks", f"fits here ({human_bytes(available)} free)"], table)
+    if smallest is not None:
+        log(f"  smallest P that fits this machine: {smallest}")
+    else:
+        nodes = -(-int(a_total + root_extra) // int(max(available - baseline, 1)))
+        log(f"  does not fit this machine with any P: use about {nodes} node(s) like this one, one rank per core")

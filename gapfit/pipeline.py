@@ -1,0 +1,413 @@
+"""The phases of a fit, as every rank runs them (``run_fit``); :mod:`gapfit.api` is the user's API.
+
+The fit follows gap_fit and the paper (Klawohn et al., J. Chem. Phys. 159, 174108):
+
+1. parse the options and descriptors (every check before the banner); rank 0 indexes and
+   validates the data;
+2. species expansion (``add_species``), e0, targets and σ;
+3. frames are assigned to ranks by the greedy balance; each rank parses its own;
+4. sparse points (:mod:`gapfit.candidates`): candidates on the owning ranks, gathered to rank 0
+   in data order, selected there and broadcast;
+5. each rank's K_NM rows come from the producer in :mod:`gapfit.rows`, chunk by chunk, into the
+   sink (the rows of A = [Σ^-1/2 K_NM ; U] and b = [Σ^-1/2 y ; 0], no communication); K_MM = UᵀU
+   is factorised on rank 0 and U's rows are scattered;
+6. min‖Aα − b‖ by Householder QR: LAPACK on one process, ScaLAPACK on P×1;
+7. rank 0 writes the GAP XML (atomically).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from . import __version__
+from .candidates import sparse_points
+from .covariance import Coordinate, k_mm
+from .data import (SigmaTable, TargetNames, assign_frames, compute_e0, distribute, frame_labels, frame_rows,
+                   species_in_order, unused_target_warnings)
+from .dryrun import memory_estimate
+from .errors import DataError, NumericalError
+from .gap_xml import CoordinateModel, GapModel, check_writable, make_label, write_model
+from .heap import keep_freed_blocks, release_freed_memory
+from .kernels import make_kernel
+from .neighbours import neighbour_list
+from .options import TOP_LEVEL, TopLevelOptions, expand_species, parse_gap_piece
+from .outputs import input_files, output_files, refuse_clobbering
+from .parallel import SerialComm, rank0_call, rank0_only
+from .report import Reporter, human_bytes
+from .rows import DenseRows, kernel_row_chunks
+from .sparsify import make_rng, parse_config_type_n_sparse
+
+
+@dataclass
+class FitResult:
+    """What a fit produced (also available as attributes of :class:`GapFit`)."""
+
+    model: GapModel
+    alpha: List[np.ndarray]
+    sparse_x: List[np.ndarray]
+    sparse_cutoff: List[np.ndarray]
+    sparse_index: List[Optional[np.ndarray]]
+    e0: np.ndarray
+    timings: Dict[str, float] = field(default_factory=dict)
+    files: List[str] = field(default_factory=list)
+
+
+def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, write=True) -> FitResult:
+    """Run the whole fit (every rank calls this); returns the result on every rank.
+
+    With ``write=False`` no file is written (the model is returned in memory).
+    """
+    comm = comm if comm is not None else SerialComm()
+    keep_freed_blocks()  # the chunked phases reuse their large temporaries (gapfit.heap)
+    v = opts.values
+    log = Reporter(comm, stream=stream, quiet=quiet, print_all=v["mpi_print_all"],
+                   progress_interval=v["progress_interval"])
+    names = TargetNames.from_options(v)
+    gp_file = v["gap_file"]
+    sparsify_only = v["sparsify_only_no_fit"]
+
+    # -- every option is checked before the banner (pure parsing: identical on every rank) --
+    specs = [parse_gap_piece(p, i + 1) for i, p in enumerate(opts.gap_pieces)]
+    for spec in specs:
+        spec.make_descriptor()  # the descriptor's own checks (cutoffs, l_max, ...) before any work
+    sigmas = SigmaTable(v["default_kernel_regularisation"], v["config_type_kernel_regularisation"],
+                        key=opts.key("config_type_kernel_regularisation"))
+    label = rank0_call(comm, make_label)
+    if not v["dryrun"] and write:
+        outputs, patterns = output_files(opts, specs, label, comm.size)
+        refuse_clobbering(input_files(opts, specs), outputs, patterns)
+        rank0_call(comm, check_writable, gp_file, opts.key("gap_file"))
+    _banner(log, opts, comm, _blas_info())
+    log(f"Found {len(specs)} GAP descriptor(s) on the command line")
+
+    # -- data: rank 0 indexes and validates, and works out species and e0 --------------
+    with log.phase("Reading and checking the data"):
+        prep = rank0_call(comm, _prepare_data, source, specs, v, opts.given, names, sigmas)
+    entries, species, e0, e0_how, labels, warnings = prep
+    for text in warnings:
+        log.warn(text)
+    gaps = expand_species(specs, species)
+    coords = [Coordinate(spec=g, descriptor=g.make_descriptor()) for g in gaps]
+    max_cutoff = max(c.descriptor.cutoff for c in coords)
+    from ase.data import chemical_symbols
+    log(f"Species (order of first appearance): {' '.join(chemical_symbols[z] for z in species)}")
+    for c in specs:
+        if c.gp["add_species"] and len(gaps) != len(specs):
+            log(f"  add_species expanded descriptor {c.index} ({c.descriptor_type})")
+    log(f"{len(coords)} coordinate(s) after species expansion; neighbour cutoff {max_cutoff} Å")
+    for i, c in enumerate(coords, 1):
+        log(f"  {i}: {' '.join(c.spec.piece.split())}")
+    log(e0_how)
+    _targets_table(log, names, labels, sigmas, v)
+
+    config_type_names = list(sigmas.names())
+    for g in gaps:
+        if g.gp["n_sparse"] == 0 and g.gp["config_type_n_sparse"]:
+            for name in parse_config_type_n_sparse(g.gp["config_type_n_sparse"], g.where):
+                if name not in config_type_names:
+                    config_type_names.append(name)
+
+    frame_rows_count = np.array([l.n_rows for l in labels], dtype=np.int64)
+    owner = assign_frames(frame_rows_count, comm.size)
+    my_frames = np.nonzero(owner == comm.rank)[0]
+    if comm.size > 1:
+        per_rank = np.bincount(owner, weights=frame_rows_count, minlength=comm.size).astype(int)
+        counts = np.bincount(owner, minlength=comm.size)
+        log(f"Frames per rank: {', '.join(map(str, counts))}; target rows per rank: {', '.join(map(str, per_rank))}")
+
+    if v["dryrun"]:
+        memory_estimate(log, comm, source, entries, my_frames, coords, frame_rows_count, owner, max_cutoff)
+        log("dryrun=T: stopping before the fit")
+        return FitResult(model=None, alpha=[], sparse_x=[], sparse_cutoff=[], sparse_index=[], e0=e0)
+
+    rng, seed = make_rng(v["rnd_seed"])
+    log(f"Random seed = {seed}")
+
+    # -- sparse points -----------------------------------------------------------------
+    with log.phase("Sparse points"):
+        choices, thetas = sparse_points(comm, log, source, entries, labels, my_frames, coords, config_type_names,
+                                         max_cutoff, rng, v)
+    column = 0
+    for c, choice, theta in zip(coords, choices, thetas):
+        gp = c.spec.gp
+        c.kernel = make_kernel(gp["covariance_type"], gp["energy_scale"], choice.x, theta=theta,
+                               zeta=gp["soap_exponent"], f0=gp["f0"])
+        c.sparse_cutoff = np.asarray(choice.cutoff, dtype=float)
+        c.column = column
+        column += c.n_sparse
+    n_sparse = column
+    log(f"Sparse points: {', '.join(str(c.n_sparse) for c in coords)} (total M = {n_sparse})")
+    release_freed_memory()  # the candidates were many small arrays: hand their pages back before A
+
+    xyz_lines = None
+    if v["do_copy_atoms_file"]:  # only rank 0 writes the XML: the copy stays there
+        xyz_lines = rank0_only(comm, source.text_lines)
+
+    if sparsify_only:
+        model = _model(label, e0, coords, [np.zeros(c.n_sparse) for c in coords], opts, xyz_lines, fitted=False)
+        files = rank0_call(comm, write_model, model, gp_file, v["sparse_separate_file"]) if write else []
+        if write:
+            from .two_step import prepare_second_run
+            extra, options_path = rank0_call(comm, prepare_second_run, gp_file, None, os.getcwd())
+            files += extra
+            log(f"sparsify_only_no_fit=T: sparse points written; fit with them (serially or under MPI) with\n"
+                f"    gapfit config_file={os.path.relpath(options_path)}")
+        _report_files(log, files)
+        log.rank_table()
+        return FitResult(model=model, alpha=[np.zeros(c.n_sparse) for c in coords],
+                         sparse_x=[c.kernel.sparse_x for c in coords], sparse_cutoff=[c.sparse_cutoff for c in coords],
+                         sparse_index=[ch.index for ch in choices], e0=e0, timings=log.timing_summary(), files=files)
+
+    # -- the linear system -------------------------------------------------------------
+    dist = distribute(frame_rows_count, comm.size, n_sparse, owner=owner)
+    if comm.size == 1:
+        n_local = int(frame_rows_count.sum()) + n_sparse
+        mb = nb = 0
+    else:
+        mb, nb, n_local = block_sizes(dist.unified_rows, n_sparse, v["mpi_blocksize_rows"], v["mpi_blocksize_cols"])
+    n_data_local = int(dist.data_rows[comm.rank])
+    if comm.size > 1:
+        from .solvers.scalapack import scalapack_info
+        log(scalapack_info(comm, mb, nb)["text"])
+        log(f"  rows per rank: {', '.join(str(int(r)) for r in dist.data_rows)} data + "
+            f"{', '.join(str(int(u)) for u in dist.u_count)} of U, padded to {n_local}")
+    log(f"Linear system: {int(frame_rows_count.sum())} target rows + {n_sparse} rows of U, {n_sparse} columns; "
+        f"A needs {human_bytes(8.0 * n_local * n_sparse)} per rank")
+    try:
+        a_local = np.zeros((n_local, n_sparse), order="F")
+    except MemoryError:
+        raise NumericalError(f"cannot allocate A ({n_local}x{n_sparse}, {human_bytes(8.0 * n_local * n_sparse)}): "
+                             f"use more MPI ranks or fewer sparse points") from None
+    b_local = np.zeros(n_local)
+
+    stats: Dict[str, float] = {}
+    with log.phase("Covariance K_NM (descriptors and kernel rows)"):
+        sink = DenseRows(a_local, b_local)
+        for k, y, sigma in kernel_row_chunks(source, entries, my_frames, coords, names, sigmas, e0,
+                                             v["kernel_regularisation_is_per_atom"], max_cutoff, n_sparse, log,
+                                             stats, n_data_local):
+            sink.add(k, y, sigma)
+        filled = sink.rows
+    log(f"   of which descriptors {stats['descriptor_seconds']:.2f} s, kernel rows {stats['kernel_seconds']:.2f} s "
+        f"({stats['gemm_flops'] / 1e9:.1f} GFLOP in matrix products, "
+        f"{stats['gemm_flops'] / 1e9 / max(stats['kernel_seconds'], 1e-9):.1f} GFLOP/s) on rank {comm.rank}")
+    if filled != n_data_local:
+        raise DataError(f"internal inconsistency: {filled} rows built, {n_data_local} expected")
+    if v["linear_system_dump_file"]:
+        _dump(v["linear_system_dump_file"], comm, a_local[:filled], b_local[:filled])
+
+    with log.phase("K_MM and its Cholesky factor"):
+        u = rank0_only(comm, _cholesky, coords, v["sparse_jitter"])
+        if comm.size == 1:
+            a_local[filled:filled + n_sparse] = u
+        else:
+            rows = comm.scatter_rows(u if comm.rank == 0 else None, dist.u_count, root=0)
+            a_local[filled:filled + rows.shape[0]] = rows
+        del u
+
+    with log.phase("Solving by QR" + (" (ScaLAPACK)" if comm.size > 1 else " (LAPACK)")):
+        with log.heartbeat("QR", rank0_call(comm, _qr_estimate, int(frame_rows_count.sum()) + n_sparse, n_sparse,
+                                            comm.size)):
+            alpha, r = _solve(comm, log, a_local, b_local, n_sparse, mb, nb, v)
+    del a_local
+
+    alphas = [alpha[c.column:c.column + c.n_sparse] for c in coords]
+    model = _model(label, e0, coords, alphas, opts, xyz_lines, fitted=True)
+    files = []
+    if write:
+        with log.phase("Writing the model"):
+            files = rank0_call(comm, write_model, model, gp_file, v["sparse_separate_file"])
+            if v["export_covariance"] and r is not None:
+                files += rank0_call(comm, _write_r, r, gp_file, label)
+    _report_files(log, files)
+    log.rank_table({"target rows": float(n_data_local), "local rows of A": float(n_local),
+                    "A bytes": 8.0 * n_local * n_sparse, "gemm GFLOP": stats["gemm_flops"] / 1e9,
+                    "descriptor s": stats["descriptor_seconds"], "kernel rows s": stats["kernel_seconds"]})
+    if v["report_file"]:
+        report = log.json_report()
+        report.update(version=__version__, n_sparse=n_sparse, target_rows=int(frame_rows_count.sum()),
+                      block_sizes={"mb": mb, "nb": nb, "local_rows": n_local}, files=files,
+                      coordinates=[{"descriptor": " ".join(c.spec.piece.split()), "n_sparse": c.n_sparse} for c in coords])
+        rank0_call(comm, _write_json, v["report_file"], report)
+    return FitResult(model=model, alpha=alphas, sparse_x=[c.kernel.sparse_x for c in coords],
+                     sparse_cutoff=[c.sparse_cutoff for c in coords], sparse_index=[ch.index for ch in choices],
+                     e0=e0, timings=log.timing_summary(), files=files)
+
+
+def block_sizes(unified_rows: int, n_sparse: int, mb: int, nb: int):
+    """gap_fit's ScaLAPACK blocks: mb (0 → all local rows), nb (0 → M); local rows padded to a multiple of mb."""
+    mb = mb or max(unified_rows, 1)
+    nb = nb or n_sparse
+    n_local = -(-max(unified_rows, 1) // mb) * mb
+    return mb, nb, n_local
+
+
+def _banner(log: Reporter, opts: TopLevelOptions, comm, blas_info: str):
+    log(f"gapfit {__version__} — Gaussian Approximation Potential fitting (a gap_fit clone)")
+    log(f"  processes: {comm.size}" + ("" if comm.size == 1 else f" (MPI: {comm.library})"))
+    if comm.size > 1:
+        from .solvers.scalapack import scalapack_info
+        log("  " + scalapack_info(comm)["text"] + " (block sizes once M is known: mpi_blocksize_rows/cols)")
+    else:
+        log("  solver: LAPACK QR (one process; run under mpirun for ScaLAPACK)")
+    if blas_info:
+        log(f"  BLAS: {blas_info}")
+    log.title("Options")
+    for p in TOP_LEVEL.params:
+        if p.name in opts.given:
+            value = opts.given[p.name]
+            value = "" if value is None else " ".join(value.split())  # a value may span lines
+            log(f"  {opts.given.key(p.name)} = {value}")
+    log("  (other options at their gap_fit defaults)")
+
+
+def _blas_info() -> str:
+    """The BLAS libraries loaded, each once: NumPy's own and, under MPI, the one ScaLAPACK uses."""
+    try:
+        from threadpoolctl import threadpool_info
+        info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    except Exception:  # pragma: no cover
+        return ""
+    libs = {}
+    for i in info:
+        path = os.path.basename(os.path.dirname(i.get("filepath") or ""))
+        owner = {"numpy.libs": "NumPy's", "scipy.libs": "SciPy's"}.get(path, "system")
+        name = f"{i.get('internal_api')} {i.get('version') or ''}".strip()
+        threads = i.get("num_threads")
+        libs.setdefault((name, owner), f"{name} ({owner}, {threads} thread{'s' if threads != 1 else ''})")
+    return "; ".join(libs.values())
+
+
+def _prepare_data(source, specs, v, given, names, sigmas):
+    """Rank 0: index/validate the data, species order, e0 and per-frame labels."""
+    # every frame's targets are checked here, on rank 0, before any work is distributed
+    zero_e0 = np.zeros(119)
+    entries, singles = source.index(
+        validate=lambda frame: frame_rows(frame, names, sigmas, zero_e0, v["kernel_regularisation_is_per_atom"]))
+    species = species_in_order(entries)
+    gaps = expand_species(specs, species)
+    max_cutoff = max(g.make_descriptor().cutoff for g in gaps)
+    labels = []
+    for e in entries:
+        arrays = dict.fromkeys(e.array_names)
+        arrays.update(e.logical_arrays)
+        labels.append(frame_labels(e.info, arrays, e.n_atoms, names, f"frame {e.index + 1} (line {e.line}) of "
+                                   f"{os.path.basename(source.name)}"))
+    if not any(l.has_energy for l in labels):
+        keys = sorted({k for e in entries for k in e.info})
+        hint = [k for k in keys if "energ" in k.lower()]
+        raise DataError(f"no frame has the energy key '{names.energy}' (energy_parameter_name)"
+                        + (f"; the data has {', '.join(hint)}" if hint else ""))
+    e0, how = compute_e0(v, given, entries, singles, species, names, max_cutoff, neighbour_list)
+    option = {"energy": "energy_parameter_name", "force": "force_parameter_name", "virial": "virial_parameter_name"}
+    warnings = unused_target_warnings(entries, names, lambda kind: (given.key(option[kind]), option[kind] in given),
+                                      v["parameter_name_prefix"])
+    # the entries are broadcast to every rank, which only needs where each frame is
+    for e in entries:
+        e.info, e.numbers, e.logical_arrays = {}, e.numbers[:0], {}
+    return entries, species, e0, how, labels, warnings
+
+
+def _targets_table(log, names, labels, sigmas, v):
+    log.title("Targets found")
+    log(f"  keys: energy '{names.energy}', forces '{names.force}', virial '{names.virial}' "
+        f"(or stress '{names.stress}'), config_type '{names.config_type}'")
+    groups: Dict[str, List[int]] = {}
+    for l in labels:
+        g = groups.setdefault(l.config_type, [0, 0, 0, 0, 0])
+        g[0] += 1
+        g[1] += int(l.has_energy)
+        g[2] += 3 * l.n_force_atoms * int(l.has_forces)
+        g[3] += int(l.has_virial)
+        g[4] += int(l.n_rows == 0)
+    rows = []
+    for name, g in groups.items():
+        s = sigmas(name)
+        rows.append([name, g[0], g[1], g[2], g[3], g[4], " ".join(f"{x:g}" for x in s[:3])])
+    tot = np.sum([g for g in groups.values()], axis=0)
+    rows.append(["total", *tot.tolist(), ""])
+    log.table(["config_type", "frames", "energies", "force comps", "virials", "no labels", "sigma E F V"], rows)
+    unlabelled = int(tot[4])
+    if unlabelled:
+        log(f"  note: {unlabelled} frame(s) carry no label: they only provide sparse-point candidates")
+    log(f"  sigma_per_atom={'T' if v['kernel_regularisation_is_per_atom'] else 'F'}: energy and virial sigmas "
+        + ("are scaled by sqrt(N_atoms)" if v["kernel_regularisation_is_per_atom"] else "are absolute"))
+
+
+def _cholesky(coords, jitter):
+    from .solvers.serial import cholesky_upper
+    return cholesky_upper(k_mm(coords, jitter), jitter)
+
+
+def _qr_estimate(n_rows, n_cols, n_ranks):
+    """(seconds, how) the QR should take, from a small dgeqrf sample; None for a short QR."""
+    from .solvers.serial import qr_flops, sampled_qr_rate
+    flops = qr_flops(n_rows, n_cols)
+    if flops < 2e10:  # a few seconds at most: no heartbeat will print
+        return None
+    rate = sampled_qr_rate(n_cols)
+    per_rank = " per rank" if n_ranks > 1 else ""
+    return flops / (rate * n_ranks), f"estimated: {flops:.2g} flops at {rate / 1e9:.0f} GFLOP/s{per_rank}"
+
+
+def _solve(comm, log, a_local, b_local, n_sparse, mb, nb, v):
+    if comm.size == 1:
+        from .solvers.serial import qr_solve
+        alpha, r = qr_solve(a_local, b_local)
+        norm = v["condition_number_norm"].strip()
+        if norm:
+            from scipy.linalg import lapack
+            rcond, info = lapack.dtrcon(r, norm=norm.upper(), uplo="U")
+            log(f"Condition number (log10) of the triangular factor R (norm {norm.upper()}): {-np.log10(rcond):.4f}")
+        return alpha, (r if v["export_covariance"] else None)
+    from .solvers.scalapack import qr_solve as sl_qr_solve
+    if v["condition_number_norm"].strip():
+        log("warning: condition_number_norm is not computed with MPI (as in gap_fit)")
+    out = sl_qr_solve(comm, a_local, b_local, n_sparse, mb, nb, return_r=v["export_covariance"])
+    if v["export_covariance"]:
+        return out
+    return out, None
+
+
+def _model(label, e0, coords, alphas, opts, xyz_lines, fitted):
+    cms = []
+    for c, alpha in zip(coords, alphas):
+        k = c.kernel
+        cms.append(CoordinateModel(
+            descriptor=c.spec.piece, covariance_type=k.covariance_type, delta=c.spec.gp["energy_scale"],
+            f0=c.spec.gp["f0"], sparse_x=k.sparse_x, alpha=np.asarray(alpha), sparse_cutoff=c.sparse_cutoff,
+            theta=getattr(k, "theta", None), zeta=getattr(k, "zeta", None)))
+    return GapModel(label=label, e0=e0, coordinates=cms, fitted=fitted, command_line=opts.option_string,
+                    xyz_lines=xyz_lines)
+
+
+def _write_r(r, gp_file, label):
+    from .gap_xml import array_file_bytes, write_files_atomically
+    path = f"{gp_file}.R.{label}"
+    write_files_atomically({path: array_file_bytes(np.triu(r).reshape(-1, order="F"))})
+    return [path]
+
+
+def _dump(prefix, comm, k_rows, b_rows):
+    np.savetxt(f"{prefix}.A.{comm.rank}", k_rows)
+    np.savetxt(f"{prefix}.b.{comm.rank}", b_rows)
+
+
+def _write_json(path, data):
+    import json
+    from .gap_xml import write_files_atomically
+    write_files_atomically({path: (json.dumps(data, indent=1, default=float) + "\n").encode()})
+
+
+def _report_files(log, files):
+    log.title("Output")
+    for f in files:
+        try:
+            size = os.path.getsize(f)
+        except OSError:
+            size = 0
+        log(f"  {f} ({human_bytes(size)})")
