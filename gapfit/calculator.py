@@ -19,7 +19,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
 from .descriptors import descriptor_class, find_type
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from .gap_xml import GapModel, read_model
 from .kernels import make_kernel
 from .neighbours import neighbour_list
@@ -54,10 +54,14 @@ class GapPotential:
         self.terms = []
         for c in model.coordinates:
             desc = descriptor_from_string(c.descriptor, model.gap_version)
-            if c.covariance_type == 1:
-                if c.permutations is not None and len(c.permutations) > 1:
-                    raise ModelError("ARD_SE coordinates with several permutations are not supported")
-                kernel = make_kernel("ard_se", c.delta, c.sparse_x, theta=c.theta, f0=c.f0)
+            if c.covariance_type in (1, 4):
+                kind = "ard_se" if c.covariance_type == 1 else "pp"
+                try:
+                    kernel = make_kernel(kind, c.delta, c.sparse_x, theta=c.theta, f0=c.f0,
+                                         permutations=c.permutations)
+                except ValueError as exc:
+                    raise ModelError(f"GAP model '{model.path}', descriptor '{c.descriptor.strip()[:50]}': "
+                                     f"{exc}") from None
             elif c.covariance_type == 2:
                 kernel = make_kernel("dot_product", c.delta, c.sparse_x, zeta=c.zeta)
             else:
@@ -68,6 +72,14 @@ class GapPotential:
             weights = np.asarray(c.alpha) * np.asarray(c.sparse_cutoff)
             self.terms.append((desc, kernel, weights))
         self.cutoff = max((d.cutoff for d, _, _ in self.terms), default=0.0)
+        self.core = None
+        if model.has_core:  # gap_fit's Sum of a core potential and the GAP
+            from .core import load_core
+            try:
+                self.core = load_core(model.core_ip_args, model.core_xml, f"the core potential of '{model.path}'",
+                                      key="the core potential's init_args")
+            except ConfigError as exc:
+                raise ModelError(str(exc)) from None
 
     @classmethod
     def from_file(cls, path: str) -> "GapPotential":
@@ -101,6 +113,12 @@ class GapPotential:
             fr += e[g][:, None] * vals.grad_cutoff
             np.subtract.at(f_out, vals.grad_atom, fr)
             virial -= vals.grad_pos.T @ fr
+        if self.core is not None:
+            core = self.core.evaluate(structure, forces=forces)
+            local += core["energies"]
+            if forces:
+                f_out += core["forces"]
+                virial += core["virial"]
         return {"energy": float(local.sum()), "energies": local, "forces": f_out, "virial": virial}
 
 

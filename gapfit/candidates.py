@@ -81,7 +81,8 @@ def sparse_points(comm, log, source, entries, labels, my_frames, coords, config_
         with log.heartbeat(f"choosing the sparse points of coordinate {k + 1} ({c.spec.gp['sparse_method']})"):
             choice = rank0_call(comm, choose_sparse_points, c.spec, x, cut, ct, config_type_names, d, rng,
                                 log if comm.rank == 0 else (lambda *a: None), theta=theta,
-                                use_actual_gpcov=v["sparse_use_actual_gpcov"])
+                                use_actual_gpcov=v["sparse_use_actual_gpcov"],
+                                permutations=c.descriptor.permutations)
         if comm.rank == 0 and choice.index is not None and c.spec.gp["print_sparse_index"]:
             with open(c.spec.gp["print_sparse_index"], "a") as fh:
                 fh.write(" ".join(str(i + 1) for i in choice.index) + "\n")
@@ -95,10 +96,10 @@ def sparse_points(comm, log, source, entries, labels, my_frames, coords, config_
 
 
 def length_scales(comm, coord, x_all):
-    """θ for ARD_SE: uniform, from a file, or the data range times theta_fac (over all data)."""
+    """θ for ARD_SE and pp: uniform, from a file, or the data range times theta_fac (over all data)."""
     gp, given = coord.spec.gp, coord.spec.gp_given
     d = coord.descriptor.dimensions
-    if gp["covariance_type"] != "ard_se":
+    if gp["covariance_type"] not in ("ard_se", "pp"):
         return None
     if "lengthscale_uniform" in given:
         return np.full(d, gp["lengthscale_uniform"])
@@ -121,9 +122,13 @@ def length_scales(comm, coord, x_all):
     if fac.size not in (1, d):
         raise ConfigError(f"theta_fac {coord.spec.where} must have 1 or {d} values; got {fac.size}")
 
+    perms = np.asarray(coord.descriptor.permutations) - 1
+
     def compute():
-        rng_ = x_all.max(axis=0) - x_all.min(axis=0)
-        theta = rng_ * fac
+        # each component's range widened to those of the components its permutations exchange
+        high = np.max(x_all[:, perms], axis=(0, 1)) if x_all.shape[0] else np.zeros(d)
+        low = np.min(x_all[:, perms], axis=(0, 1)) if x_all.shape[0] else np.zeros(d)
+        theta = (high - low) * fac
         theta[theta < 1e-8] = 1.0
         return theta
     # unlike gap_fit under MPI, θ comes from all the data (rank 0), not each rank's share

@@ -145,6 +145,7 @@ class SelectionContext:
     cur_report_error: bool = False
     kmeans_init: str = "random"
     cur_covariance_unit_diagonal: bool = False
+    permutations: Optional[np.ndarray] = None  # (n_perm, d), 1-based (distance_Nb)
 
     @classmethod
     def from_gp(cls, gp, theta=None, use_actual_gpcov: bool = False, log=_silent, **overrides):
@@ -212,9 +213,9 @@ def _ctx(context: Optional[SelectionContext]) -> SelectionContext:
 def _scale(method: str, x: np.ndarray, ctx: SelectionContext) -> np.ndarray:
     """Per-dimension length scale of the distances: θ (ARD_SE) or the candidates' range (dot product)."""
     d = x.shape[1]
-    if ctx.covariance_type == "ard_se":
+    if ctx.covariance_type in ("ard_se", "pp"):
         if ctx.theta is None:
-            raise ConfigError(f"sparse_method={method} with covariance_type=ard_se needs theta")
+            raise ConfigError(f"sparse_method={method} with covariance_type={ctx.covariance_type} needs theta")
         theta = np.asarray(ctx.theta, dtype=float).reshape(-1)
         if theta.size not in (1, d):
             raise ConfigError(f"sparse_method={method}: theta has {theta.size} values, the descriptor has {d}")
@@ -227,7 +228,7 @@ def _scale(method: str, x: np.ndarray, ctx: SelectionContext) -> np.ndarray:
         rng_[np.abs(rng_) <= NUMERICAL_ZERO] = 1.0  # gap_fit: range .feq. 0 → 1
         return rng_
     raise ConfigError(f"sparse_method={method} is not available for covariance_type={ctx.covariance_type} "
-                      f"(only ard_se and dot_product)")
+                      f"(only ard_se, pp and dot_product)")
 
 
 def _block_rows(n_cols: int) -> int:
@@ -274,14 +275,16 @@ class _NormalisedKernel:
     """k(x_i, x_j)/√(k_ii k_jj) of the candidates, by columns or blocks of rows.
 
     ``crude=True`` is sparse_covariance's manual kernel: exp(−½|x_i−x_j|²/θ²) with θ = 4 for
-    ARD_SE (δ = 1, f0 = 0), and the (already scale-free) normalised dot product otherwise.
+    ARD_SE and pp(|x_i−x_j|/4) for pp (δ = 1, f0 = 0), and the (already scale-free) normalised
+    dot product otherwise.
     """
 
     def __init__(self, method: str, x: np.ndarray, ctx: SelectionContext, crude: bool = False):
         self.x = x
         n, d = x.shape
         self.kind = ctx.covariance_type
-        if self.kind == "ard_se":
+        if self.kind in ("ard_se", "pp"):
+            self.pp_j = d // 2 + 2  # QUIP's pp exponent for d dimensions (q = 1)
             if crude:
                 theta, self.delta2, self.f02 = np.full(d, CRUDE_THETA), 1.0, 0.0
             else:
@@ -289,6 +292,11 @@ class _NormalisedKernel:
                 self.delta2, self.f02 = float(ctx.delta) ** 2, float(ctx.f0) ** 2
             self.xs = x / theta
             self.norm = np.einsum("nd,nd->n", self.xs, self.xs)
+            # permutations of the components (distance_Nb): the kernel sums over them, each candidate's
+            # self-covariance normalises (gp_fit.F90's kernel_distance_matrix)
+            perms = None if ctx.permutations is None else np.asarray(ctx.permutations, dtype=np.int64) - 1
+            self.perms = perms if perms is not None and perms.shape[0] > 1 else None
+            self.self_sum = self._raw(np.arange(n), self_only=True) if self.perms is not None else None
             if not self.delta2 + self.f02 > 0:
                 raise ConfigError(f"sparse_method={method}: delta and f0 are both zero, the kernel cannot be "
                                   f"normalised")
@@ -305,7 +313,7 @@ class _NormalisedKernel:
             self.inv_sqrt_self = 1.0 / np.sqrt(self.self_pow)
         else:
             raise ConfigError(f"sparse_method={method} is not available for covariance_type={self.kind} "
-                              f"(only ard_se and dot_product)")
+                              f"(only ard_se, pp and dot_product)")
         self.method = method
 
     def _power(self, dot):
@@ -314,11 +322,33 @@ class _NormalisedKernel:
         with np.errstate(invalid="ignore"):
             return np.power(dot, self.zeta)
 
+    def _base(self, d2):
+        if self.kind == "ard_se":
+            return np.exp(-0.5 * d2)
+        r = np.sqrt(d2)
+        s = np.clip(1.0 - r, 0.0, None)
+        return s ** (self.pp_j + 1) * ((self.pp_j + 1) * r + 1.0)
+
+    def _raw(self, idx, self_only=False):
+        """Σ_p b(x_i∘P_p, x_j) without δ², for i in ``idx`` and all j (or j = i only)."""
+        total = 0.0
+        for p in self.perms:
+            a = self.xs[idx][:, p]
+            if self_only:
+                total = total + self._base(np.einsum("nd,nd->n", a - self.xs[idx], a - self.xs[idx]))
+            else:
+                total = total + self._base(_sq_dist_block(a, np.einsum("nd,nd->n", a, a), self.xs, self.norm))
+        return total
+
     def rows(self, idx) -> np.ndarray:
         """k̂(x_i, x_j) for i in ``idx`` (array or slice) and all j: (len(idx), n)."""
-        if self.kind == "ard_se":
+        if self.kind in ("ard_se", "pp") and self.perms is not None:
+            k = self.delta2 * self._raw(idx) + self.f02
+            self_k = self.delta2 * self.self_sum + self.f02
+            k /= np.sqrt(self_k[idx][:, None] * self_k[None, :])
+        elif self.kind in ("ard_se", "pp"):
             d2 = _sq_dist_block(self.xs[idx], self.norm[idx], self.xs, self.norm)
-            k = np.exp(-0.5 * d2)
+            k = self._base(d2)
             if self.delta2 != 1.0:
                 k *= self.delta2
             if self.f02:

@@ -260,12 +260,20 @@ class FrameRows:
         return int(self.y.shape[0])
 
 
-def frame_rows(frame: Frame, names: TargetNames, sigmas: SigmaTable, e0: np.ndarray, sigma_per_atom: bool) -> FrameRows:
-    """Targets and σ of a parsed frame, validated (finite values, σ > 0)."""
+def frame_rows(frame: Frame, names: TargetNames, sigmas: SigmaTable, e0: np.ndarray, sigma_per_atom: bool,
+               core=None) -> FrameRows:
+    """Targets and σ of a parsed frame, validated (finite values, σ > 0).
+
+    With a ``core`` potential, its energy, forces and virial are subtracted from the targets
+    first (as gap_fit does), then e0.
+    """
     where = frame.where
     info, arrays = frame.info, frame.arrays
     n = len(frame)
     labels = frame_labels(info, arrays, n, names, where)
+    base = None
+    if core is not None and (labels.has_energy or labels.has_forces or labels.has_virial):
+        base = core.evaluate(frame, forces=labels.has_forces or labels.has_virial)
     group = sigmas(labels.config_type)
     sq = math.sqrt(n) if sigma_per_atom else 1.0
     s = names.sigma
@@ -273,7 +281,7 @@ def frame_rows(frame: Frame, names: TargetNames, sigmas: SigmaTable, e0: np.ndar
     sig: List[np.ndarray] = []
 
     if labels.has_energy:
-        energy = energy_of(info, names, where) - float(np.sum(e0[frame.numbers]))
+        energy = energy_of(info, names, where) - (base["energy"] if base else 0.0) - float(np.sum(e0[frame.numbers]))
         override = lookup(info, f"energy_{s}")
         e_sigma = _scalar(override, f"energy_{s}", where) if override is not None else group[0] * sq
         if not e_sigma > 0:
@@ -310,6 +318,8 @@ def frame_rows(frame: Frame, names: TargetNames, sigmas: SigmaTable, e0: np.ndar
             bad = int(np.argwhere(~(f_sigma > 0))[0, 0])
             raise DataError(f"{where}: the force σ of atom {force_atoms[bad] + 1} is {f_sigma[bad].min()} "
                             f"(it must be greater than 0; check default_sigma, config_type_sigma or force_*_{s})")
+        if base:
+            forces = forces - base["forces"]
         y.append(-forces[force_atoms].reshape(-1))
         sig.append(f_sigma.reshape(-1))
 
@@ -320,6 +330,8 @@ def frame_rows(frame: Frame, names: TargetNames, sigmas: SigmaTable, e0: np.ndar
         else:
             stress = _matrix3(lookup(info, names.stress), f"stress '{names.stress}'", where, allow_voigt=True)
             w = -stress * frame.volume
+        if base:
+            w = w - base["virial"]
         w = 0.5 * (w + w.T)
         override = lookup(info, f"virial_{s}")
         v_sigma = _scalar(override, f"virial_{s}", where) if override is not None else group[2] * sq
@@ -404,8 +416,14 @@ def isolated_atom_energies(single_atom_frames: Sequence[Frame], names: TargetNam
 
 
 def compute_e0(values: Dict, given: Dict, entries: Sequence[FrameIndex], single_atom_frames: Sequence[Frame],
-               species: Sequence[int], names: TargetNames, max_cutoff: float, neighbour_list) -> Tuple[np.ndarray, str]:
-    """e0 per element (index = Z) and a one-line description of how it was set."""
+               species: Sequence[int], names: TargetNames, max_cutoff: float, neighbour_list,
+               core_energy: Optional[Dict[int, float]] = None) -> Tuple[np.ndarray, str]:
+    """e0 per element (index = Z) and a one-line description of how it was set.
+
+    ``core_energy`` (frame index → the core potential's energy) is subtracted from each
+    energy first, as gap_fit computes e0 from core-subtracted energies.
+    """
+    core_energy = core_energy or {}
     if "e0" in given:
         e0 = parse_e0(values["e0"])
         how = f"e0 given: {values['e0']}"
@@ -419,19 +437,20 @@ def compute_e0(values: Dict, given: Dict, entries: Sequence[FrameIndex], single_
                             f"within {max_cutoff} Å for every species; none for {sym}. "
                             f"Give e0={{...}} or use e0_method=average")
         e0 = np.zeros(N_ELEMENTS + 1)
-        for z, (energy, _) in found.items():
-            e0[z] = energy
-        how = "e0 from isolated atoms"
+        for z, (energy, frame) in found.items():
+            e0[z] = energy - core_energy.get(frame.index, 0.0)
+        how = "e0 from isolated atoms" + (" (net of the core potential)" if core_energy else "")
     else:
         total, count = 0.0, 0
         for e in entries:
             energy = energy_of(e.info, names, f"frame {e.index + 1}")
             if energy is not None:
-                total += energy / e.n_atoms
+                total += (energy - core_energy.get(e.index, 0.0)) / e.n_atoms
                 count += 1
         e0 = np.zeros(N_ELEMENTS + 1)
         e0[1:] = total / count if count else 0.0
-        how = f"e0 = average energy per atom over {count} frames"
+        how = f"e0 = average energy per atom over {count} frames" + (" (net of the core potential)" if core_energy
+                                                                      else "")
     if "e0_offset" in given:
         e0[1:] += values["e0_offset"]
         how += f", plus e0_offset={values['e0_offset']}"

@@ -66,6 +66,12 @@ class GapModel:
     command_line: str = ""
     xyz_lines: Optional[Sequence[str]] = None
     path: str = ""
+    core_ip_args: str = ""  # a core potential's QUIP init string (e.g. "IP Glue"), if any
+    core_xml: Optional[str] = None  # its parameter file, written into the model verbatim
+
+    @property
+    def has_core(self) -> bool:
+        return self.core_xml is not None
 
 
 def make_label(now: Optional[datetime.datetime] = None) -> str:
@@ -120,9 +126,16 @@ def sparse_file_bytes(sparse_x: np.ndarray) -> bytes:
 def render(model: GapModel, gp_basename: str, separate_sparse: bool = True):
     """The XML text and the sparseX files (name → bytes) of a model."""
     label = model.label
-    lines: List[str] = [f"<{label}>", f'<Potential label="{label}" init_args="IP GAP label={label}"/>',
-                        f'<GAP_params label="{label}" gap_version="{model.gap_version}">',
-                        '  <GAP_data do_core="F">']
+    lines: List[str] = [f"<{label}>"]
+    if model.has_core:
+        # as gap_fit: QUIP's Sum of the core and the GAP, the core's parameter file verbatim
+        init = f"Sum init_args_pot1={{{model.core_ip_args.strip()}}} init_args_pot2={{IP GAP label={label}}}"
+        lines.append(f'<Potential label="{label}" init_args="{escape(init, {chr(34): "&quot;"})}"/>')
+        lines.extend(model.core_xml.rstrip("\n").split("\n"))
+    else:
+        lines.append(f'<Potential label="{label}" init_args="IP GAP label={label}"/>')
+    lines += [f'<GAP_params label="{label}" gap_version="{model.gap_version}">',
+              f'  <GAP_data do_core="{"T" if model.has_core else "F"}">']
     for z in range(1, 119):
         lines.append(f'    <e0 Z="{z}" value="{_num(model.e0[z])}"/>')
     lines.append("  </GAP_data>")
@@ -187,8 +200,9 @@ def render(model: GapModel, gp_basename: str, separate_sparse: bool = True):
     lines.append("</GAP_params>")
     lines.append(f"</{label}>")
     for ln in lines:
-        if len(ln) >= 1024:  # pragma: no cover - guarded by construction
-            raise AssertionError(f"XML line of {len(ln)} characters")
+        if len(ln) >= 1024:
+            raise ModelError(f"a line of {len(ln)} characters in the GAP XML (QUIP's reader corrupts lines of 1024 "
+                             f"and more): shorten the core potential's parameter file's lines")
     return "\n".join(lines) + "\n", files
 
 
@@ -279,14 +293,18 @@ def read_model(path: str) -> GapModel:
         root = etree.fromstring(data, parser=parser)
     except etree.XMLSyntaxError as exc:
         raise ModelError(f"GAP model '{path}' is not well-formed XML: {exc}") from None
-    label = None
+    label, core_args, core_xml = None, "", None
     for pot in root.iter("Potential"):
         args = pot.get("init_args", "")
-        if "Sum" in args.split()[:1]:
-            raise ModelError(f"GAP model '{path}' has a baseline (Sum) potential, which gapfit cannot evaluate")
-        for tok in args.split():
+        if args.split()[:1] == ["Sum"]:  # gap_fit's core + GAP: Sum init_args_pot1={core} init_args_pot2={IP GAP ...}
+            parts = _sum_parts(args, path)
+            core_args = parts.get("init_args_pot1", "")
+            args = parts.get("init_args_pot2", "")
+            core_xml = data.decode("utf-8", "replace")  # QUIP gives the core's reader the whole file
+        for tok in args.replace("{", " ").replace("}", " ").split():
             if tok.startswith("label="):
                 label = tok.split("=", 1)[1]
+        break
     params = None
     for gp in root.iter("GAP_params"):
         if label is None or gp.get("label") == label:
@@ -355,7 +373,18 @@ def read_model(path: str) -> GapModel:
             permutations=np.array(perms) if perms and ctype in (1, 4) else None))
     command_line = params.findtext("command_line", default="") or ""
     return GapModel(label=label, e0=e0, coordinates=coords, gap_version=gap_version, fitted=fitted,
-                    command_line=command_line.strip(), path=path)
+                    command_line=command_line.strip(), path=path, core_ip_args=core_args, core_xml=core_xml)
+
+
+def _sum_parts(args: str, path: str) -> dict:
+    """``Sum init_args_pot1={...} init_args_pot2={...}`` → {name: inner text}."""
+    from .options import key_values
+    parts = {k: (v or "").strip() for k, v in key_values(args, what=f"the Potential init_args of '{path}'")}
+    if "init_args_pot1" not in parts or "init_args_pot2" not in parts:
+        raise ModelError(f"GAP model '{path}': a Sum potential needs init_args_pot1 and init_args_pot2")
+    if not parts["init_args_pot2"].startswith("IP GAP"):
+        raise ModelError(f"GAP model '{path}': the second potential of its Sum is not IP GAP")
+    return parts
 
 
 def _float(text) -> float:

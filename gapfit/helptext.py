@@ -22,7 +22,9 @@ USAGE = """usage: gapfit at_file=train.xyz gap={distance_2b ... : soap ...} defa
 
 KERNELS = {
     "ard_se": "squared exponential with one length scale θ per dimension (alias gaussian): δ² exp(-½Σ((x-x')/θ)²) + f0²",
-    "dot_product": "normalised dot product to the power ζ: δ² (x·x')^ζ",
+    "pp": "compact piecewise polynomial of r = |(x-x')/θ|: δ² (1-r)^(j+1) ((j+1)r + 1) + f0² for r < 1, "
+          "j = ⌊d/2⌋ + 2",
+    "dot_product": "dot product to the power ζ: δ² (x·x')^ζ",
 }
 
 _WIDTH = 100
@@ -82,6 +84,9 @@ def descriptor_help(name: str) -> str:
     cls = descriptor_class(name)
     lines = [f"{name}: {cls.summary}", "", f"Keys of {name} (besides the GP keys that 'gapfit --help' lists):"]
     lines += _schema_lines(cls.schema, skip=(name,))
+    if cls.legacy_keys:
+        lines += ["", "Legacy keys (in published command lines; accepted with a warning, no effect):"]
+        lines += [f"  {k}: {text}" for k, text in cls.legacy_keys.items()]
     lines += ["", f"Sparse methods for {name}:"]
     lines += _method_lines(cls.sparse_methods or list(SPARSE_METHOD_HELP))
     return "\n".join(lines)

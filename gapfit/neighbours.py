@@ -157,7 +157,7 @@ def _fma(a, b, c):
     # s + u lies within |ue| of a rounding midpoint (both half-spacings checked).
     half = np.spacing(np.abs(r)) / 2
     dist = np.minimum(np.abs(np.abs(re) - half), np.abs(np.abs(re) - half / 2))
-    unsure = (dist <= np.abs(ue)) & np.isfinite(r)
+    unsure = (dist <= np.abs(ue)) & (ue != 0) & np.isfinite(r)  # ue = 0: s + u is exact, r correctly rounded
     naive = ~np.isfinite(r) | ~np.isfinite(e)
     r = np.where(naive, a * b + c, r)
     if unsure.any():

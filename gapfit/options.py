@@ -316,7 +316,6 @@ TOP_LEVEL = Schema([
 # Keys that gap_fit registers but whose features gapfit does not implement: giving
 # them a non-default value is refused, never silently ignored.
 _UNSUPPORTED_TOP_LEVEL = {
-    "baseline_ip_args": "a baseline potential (core_ip_args) needs QUIP's potentials; subtract it from the data beforehand",
     "template_file": "template_file is only used by descriptors gapfit does not implement",
     "local_property0": "local-property fits are not supported",
 }
@@ -384,7 +383,7 @@ def parse_top_level(argv: Sequence[str] = (), option_string: Optional[str] = Non
         option_string = text
     for key, reason in _UNSUPPORTED_TOP_LEVEL.items():
         if key in given:
-            raise ConfigError(f"the '{key}' key is not supported by gapfit: {reason}")
+            raise ConfigError(f"the '{given.key(key)}' key is not supported by gapfit: {reason}")
     opts = TopLevelOptions(values=values, given=given, option_string=option_string)
     opts.gap_pieces = split_gap_string(values["gap"])
     return opts
@@ -426,7 +425,7 @@ def _covariance_type(value):
     mapping = {"gaussian": "ard_se", "ard_se": "ard_se", "dot_product": "dot_product",
                "bond_real_space": "bond_real_space", "pp": "pp"}
     if v not in mapping:
-        raise ValueError("one of ard_se (gaussian), dot_product, pp, bond_real_space")
+        raise ValueError("one of ard_se (gaussian), dot_product, pp")
     return mapping[v]
 
 
@@ -446,7 +445,7 @@ GP_KEYS = Schema([
     Param("mark_sparse_atoms", to_bool, False, help="does nothing in gap_fit (refused)"),
     Param("add_species", to_bool, True, help="expand into one descriptor per species (or pair) in the data"),
     Param("covariance_type", _covariance_type, None, mandatory=True,
-          help="the kernel: ard_se (alias gaussian) or dot_product"),
+          help="the kernel: ard_se (alias gaussian), pp (compact piecewise polynomial) or dot_product"),
     Param("soap_exponent", to_float, 1.0, aliases=("zeta",), help="ζ, the exponent of the dot_product kernel"),
     Param("print_sparse_index", to_str, "", help="append the 1-based indices of the chosen sparse points to this file"),
     Param("unique_hash_tolerance", to_float, 1.0e-10, check=non_negative,
@@ -467,6 +466,7 @@ class GapSpec:
     gp_given: GivenKeys
     descriptor_params: Dict[str, Any]
     descriptor_given: GivenKeys
+    warnings: List[str] = field(default_factory=list)  # legacy keys that were accepted
 
     @property
     def where(self) -> str:
@@ -490,7 +490,9 @@ def parse_gap_piece(piece: str, index: int) -> GapSpec:
     where = f"in gap descriptor {index} ({dtype})"
     dcls = descriptor_class(dtype)
     gp_pairs = [(k, v) for k, v in pairs if k in GP_KEYS]
-    d_pairs = [(k, v) for k, v in pairs if k not in GP_KEYS]
+    d_pairs = [(k, v) for k, v in pairs if k not in GP_KEYS and k not in dcls.legacy_keys]
+    warnings = [f"the legacy key '{k}' {where} is accepted and has no effect: {dcls.legacy_keys[k]}"
+                for k, _ in pairs if k in dcls.legacy_keys and k not in GP_KEYS]
     for key, _ in d_pairs:
         if key not in dcls.schema:
             hint = did_you_mean(key, list(GP_KEYS.names()) + list(dcls.schema.names()))
@@ -498,7 +500,7 @@ def parse_gap_piece(piece: str, index: int) -> GapSpec:
     gp, gp_given = apply_schema(GP_KEYS, gp_pairs, where)
     dparams, d_given = apply_schema(dcls.schema, d_pairs, where)
     spec = GapSpec(piece=piece, index=index, descriptor_type=dtype, gp=gp, gp_given=gp_given,
-                   descriptor_params=dparams, descriptor_given=d_given)
+                   descriptor_params=dparams, descriptor_given=d_given, warnings=warnings)
     _validate_gp(spec)
     return spec
 
@@ -506,16 +508,17 @@ def parse_gap_piece(piece: str, index: int) -> GapSpec:
 def _validate_gp(spec: GapSpec) -> None:
     gp, given, where = spec.gp, spec.gp_given, spec.where
     cov = gp["covariance_type"]
-    if cov in ("bond_real_space", "pp"):
-        raise ConfigError(f"covariance_type={cov} {where} is not implemented in gapfit (use ard_se or dot_product)")
+    if cov == "bond_real_space":
+        raise ConfigError(f"covariance_type={cov} {where} is not implemented in gapfit (use ard_se, pp or "
+                          f"dot_product)")
     hyper = [k for k in ("lengthscale_file", "lengthscale_uniform", "lengthscale_factor", "soap_exponent") if k in given]
     if len(hyper) != 1:
         raise ConfigError(f"exactly one of theta_file, theta_uniform, theta_fac or zeta must be given {where}; "
                           f"got {len(hyper)}" + (f" ({', '.join(given.key(k) for k in hyper)})" if hyper else ""))
     if cov == "dot_product" and "soap_exponent" not in given:
         raise ConfigError(f"covariance_type=dot_product needs zeta {where}")
-    if cov == "ard_se" and "soap_exponent" in given:
-        raise ConfigError(f"covariance_type=ard_se needs theta_uniform, theta_fac or theta_file, "
+    if cov in ("ard_se", "pp") and "soap_exponent" in given:
+        raise ConfigError(f"covariance_type={cov} needs theta_uniform, theta_fac or theta_file, "
                           f"not {given.key('soap_exponent')}, {where}")
     if "lengthscale_uniform" in given and gp["lengthscale_uniform"] <= 0:
         raise ConfigError(f"the '{given.key('lengthscale_uniform')}' key {where} must be greater than 0; "

@@ -22,14 +22,16 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import numpy as np
+from ase.data import chemical_symbols
 
 from . import __version__
 from .candidates import sparse_points
+from .core import load_core, parse_ip_args, read_param_file
 from .covariance import Coordinate, k_mm
 from .data import (SigmaTable, TargetNames, assign_frames, compute_e0, distribute, frame_labels, frame_rows,
                    species_in_order, unused_target_warnings)
 from .dryrun import memory_estimate
-from .errors import DataError, NumericalError
+from .errors import ConfigError, DataError, NumericalError
 from .gap_xml import CoordinateModel, GapModel, check_writable, make_label, write_model
 from .heap import keep_freed_blocks, release_freed_memory
 from .kernels import make_kernel
@@ -76,6 +78,14 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
         spec.make_descriptor()  # the descriptor's own checks (cutoffs, l_max, ...) before any work
     sigmas = SigmaTable(v["default_kernel_regularisation"], v["config_type_kernel_regularisation"],
                         key=opts.key("config_type_kernel_regularisation"))
+    core = core_text = None
+    if opts.has("baseline_ip_args"):  # as in gap_fit, giving core_ip_args turns the core on
+        key = opts.key("baseline_ip_args")
+        param_key = (opts.key("baseline_param_filename") if opts.has("baseline_param_filename")
+                     else ("core_param_file" if key == "core_ip_args" else "baseline_param_filename") + " (default)")
+        parse_ip_args(v["baseline_ip_args"], key)
+        core_text = rank0_call(comm, read_param_file, v["baseline_param_filename"], param_key)
+        core = load_core(v["baseline_ip_args"], core_text, f"{param_key} '{v['baseline_param_filename']}'", key)
     label = rank0_call(comm, make_label)
     if not v["dryrun"] and write:
         outputs, patterns = output_files(opts, specs, label, comm.size)
@@ -83,17 +93,23 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
         rank0_call(comm, check_writable, gp_file, opts.key("gap_file"))
     _banner(log, opts, comm, _blas_info())
     log(f"Found {len(specs)} GAP descriptor(s) on the command line")
+    for spec in specs:
+        for text in spec.warnings:
+            log.warn(text)
+    if core is not None:
+        log(f"Core potential: IP {core.ip} from {core.source} (elements "
+            f"{' '.join(chemical_symbols[z] for z in core.species)}, cutoff {core.cutoff:g} Å); its energies, "
+            f"forces and virials are subtracted from the targets")
 
     # -- data: rank 0 indexes and validates, and works out species and e0 --------------
     with log.phase("Reading and checking the data"):
-        prep = rank0_call(comm, _prepare_data, source, specs, v, opts.given, names, sigmas)
+        prep = rank0_call(comm, _prepare_data, source, specs, v, opts.given, names, sigmas, core)
     entries, species, e0, e0_how, labels, warnings = prep
     for text in warnings:
         log.warn(text)
     gaps = expand_species(specs, species)
     coords = [Coordinate(spec=g, descriptor=g.make_descriptor()) for g in gaps]
     max_cutoff = max(c.descriptor.cutoff for c in coords)
-    from ase.data import chemical_symbols
     log(f"Species (order of first appearance): {' '.join(chemical_symbols[z] for z in species)}")
     for c in specs:
         if c.gp["add_species"] and len(gaps) != len(specs):
@@ -131,11 +147,15 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
     with log.phase("Sparse points"):
         choices, thetas = sparse_points(comm, log, source, entries, labels, my_frames, coords, config_type_names,
                                          max_cutoff, rng, v)
+    coords, choices, thetas = _without_empty(log, coords, choices, thetas)
     column = 0
     for c, choice, theta in zip(coords, choices, thetas):
         gp = c.spec.gp
-        c.kernel = make_kernel(gp["covariance_type"], gp["energy_scale"], choice.x, theta=theta,
-                               zeta=gp["soap_exponent"], f0=gp["f0"])
+        try:
+            c.kernel = make_kernel(gp["covariance_type"], gp["energy_scale"], choice.x, theta=theta,
+                                   zeta=gp["soap_exponent"], f0=gp["f0"], permutations=c.descriptor.permutations)
+        except ValueError as exc:  # a θ the permutations do not leave alone (gap_fit: K_MM fails to factorise)
+            raise ConfigError(f"{c.spec.where}: {exc}: give theta_uniform or a single theta_fac value") from None
         c.sparse_cutoff = np.asarray(choice.cutoff, dtype=float)
         c.column = column
         column += c.n_sparse
@@ -148,7 +168,8 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
         xyz_lines = rank0_only(comm, source.text_lines)
 
     if sparsify_only:
-        model = _model(label, e0, coords, [np.zeros(c.n_sparse) for c in coords], opts, xyz_lines, fitted=False)
+        model = _model(label, e0, coords, [np.zeros(c.n_sparse) for c in coords], opts, xyz_lines, fitted=False,
+                       core_text=core_text)
         files = rank0_call(comm, write_model, model, gp_file, v["sparse_separate_file"]) if write else []
         if write:
             from .two_step import prepare_second_run
@@ -189,7 +210,7 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
         sink = DenseRows(a_local, b_local)
         for k, y, sigma in kernel_row_chunks(source, entries, my_frames, coords, names, sigmas, e0,
                                              v["kernel_regularisation_is_per_atom"], max_cutoff, n_sparse, log,
-                                             stats, n_data_local):
+                                             stats, n_data_local, core):
             sink.add(k, y, sigma)
         filled = sink.rows
     log(f"   of which descriptors {stats['descriptor_seconds']:.2f} s, kernel rows {stats['kernel_seconds']:.2f} s "
@@ -216,7 +237,7 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
     del a_local
 
     alphas = [alpha[c.column:c.column + c.n_sparse] for c in coords]
-    model = _model(label, e0, coords, alphas, opts, xyz_lines, fitted=True)
+    model = _model(label, e0, coords, alphas, opts, xyz_lines, fitted=True, core_text=core_text)
     files = []
     if write:
         with log.phase("Writing the model"):
@@ -236,6 +257,29 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
     return FitResult(model=model, alpha=alphas, sparse_x=[c.kernel.sparse_x for c in coords],
                      sparse_cutoff=[c.sparse_cutoff for c in coords], sparse_index=[ch.index for ch in choices],
                      e0=e0, timings=log.timing_summary(), files=files)
+
+
+def _without_empty(log, coords, choices, thetas):
+    """Leave out the coordinates that found no environments in the data.
+
+    A descriptor as given with none is an error; one of several that add_species made (an
+    angle_3b triplet of species that never meet, say) is left out with a warning: it would
+    contribute nothing (gap_fit fails on it).
+    """
+    empty = [ch.index is not None and ch.x.shape[0] == 0 for ch in choices]
+    found = {}
+    for c, e in zip(coords, empty):
+        found[c.spec.index] = found.get(c.spec.index, False) or not e
+    for c, e in zip(coords, empty):
+        text = " ".join(c.spec.piece.split())
+        if e and not found[c.spec.index]:
+            raise DataError(f"descriptor {c.spec.index} ({text}) found no environments in the data: check its cutoff "
+                            f"and species (Z, Z1, Z2)")
+        if e:
+            log.warn(f"descriptor {c.spec.index} with add_species: '{text}' found no environments in the data and "
+                     f"is left out of the model")
+    keep = [k for k, e in enumerate(empty) if not e]
+    return [coords[k] for k in keep], [choices[k] for k in keep], [thetas[k] for k in keep]
 
 
 def block_sizes(unified_rows: int, n_sparse: int, mb: int, nb: int):
@@ -282,13 +326,26 @@ def _blas_info() -> str:
     return "; ".join(libs.values())
 
 
-def _prepare_data(source, specs, v, given, names, sigmas):
-    """Rank 0: index/validate the data, species order, e0 and per-frame labels."""
+def _prepare_data(source, specs, v, given, names, sigmas, core=None):
+    """Rank 0: index/validate the data, species order, e0 and per-frame labels.
+
+    With a core potential and no ``e0`` given, its energy is evaluated on every frame with an
+    energy here: e0 comes from core-subtracted energies, as in gap_fit.
+    """
     # every frame's targets are checked here, on rank 0, before any work is distributed
     zero_e0 = np.zeros(119)
-    entries, singles = source.index(
-        validate=lambda frame: frame_rows(frame, names, sigmas, zero_e0, v["kernel_regularisation_is_per_atom"]))
+    core_energy = {}
+    need_core_energy = core is not None and "e0" not in given
+
+    def validate(frame):
+        frame_rows(frame, names, sigmas, zero_e0, v["kernel_regularisation_is_per_atom"])
+        if need_core_energy and frame_labels(frame.info, frame.arrays, len(frame), names, frame.where).has_energy:
+            core_energy[frame.index] = core.evaluate(frame, forces=False)["energy"]
+
+    entries, singles = source.index(validate=validate)
     species = species_in_order(entries)
+    if core is not None:
+        core.check_species(species, core.source)
     gaps = expand_species(specs, species)
     max_cutoff = max(g.make_descriptor().cutoff for g in gaps)
     labels = []
@@ -302,7 +359,7 @@ def _prepare_data(source, specs, v, given, names, sigmas):
         hint = [k for k in keys if "energ" in k.lower()]
         raise DataError(f"no frame has the energy key '{names.energy}' (energy_parameter_name)"
                         + (f"; the data has {', '.join(hint)}" if hint else ""))
-    e0, how = compute_e0(v, given, entries, singles, species, names, max_cutoff, neighbour_list)
+    e0, how = compute_e0(v, given, entries, singles, species, names, max_cutoff, neighbour_list, core_energy)
     option = {"energy": "energy_parameter_name", "force": "force_parameter_name", "virial": "virial_parameter_name"}
     warnings = unused_target_warnings(entries, names, lambda kind: (given.key(option[kind]), option[kind] in given),
                                       v["parameter_name_prefix"])
@@ -373,16 +430,18 @@ def _solve(comm, log, a_local, b_local, n_sparse, mb, nb, v):
     return out, None
 
 
-def _model(label, e0, coords, alphas, opts, xyz_lines, fitted):
+def _model(label, e0, coords, alphas, opts, xyz_lines, fitted, core_text=None):
     cms = []
     for c, alpha in zip(coords, alphas):
         k = c.kernel
         cms.append(CoordinateModel(
             descriptor=c.spec.piece, covariance_type=k.covariance_type, delta=c.spec.gp["energy_scale"],
             f0=c.spec.gp["f0"], sparse_x=k.sparse_x, alpha=np.asarray(alpha), sparse_cutoff=c.sparse_cutoff,
-            theta=getattr(k, "theta", None), zeta=getattr(k, "zeta", None)))
+            theta=getattr(k, "theta", None), zeta=getattr(k, "zeta", None),
+            permutations=c.descriptor.permutations if k.covariance_type in (1, 4) else None))
+    core_args = opts.values["baseline_ip_args"] if core_text is not None else ""
     return GapModel(label=label, e0=e0, coordinates=cms, fitted=fitted, command_line=opts.option_string,
-                    xyz_lines=xyz_lines)
+                    xyz_lines=xyz_lines, core_ip_args=core_args, core_xml=core_text)
 
 
 def _write_r(r, gp_file, label):

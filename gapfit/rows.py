@@ -28,11 +28,11 @@ CHUNK_BYTES = 16 * 1024 ** 2
 
 
 def kernel_row_chunks(source, entries, my_frames, coords, names, sigmas, e0, sigma_per_atom, max_cutoff, n_columns,
-                      log, stats, n_rows) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                      log, stats, n_rows, core=None) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield ``(k, y, sigma)`` for consecutive frames of ``my_frames``: K_NM rows (unscaled), targets, σ.
 
-    ``stats`` collects descriptor and kernel seconds and GEMM flops; rank 0's progress over its
-    ``n_rows`` rows goes to ``log``.
+    The targets are net of the ``core`` potential, if any.  ``stats`` collects descriptor and
+    kernel seconds and GEMM flops; rank 0's progress over its ``n_rows`` rows goes to ``log``.
     """
     if os.environ.get("GAPFIT_INJECT_FAILURE_RANK", "") == str(getattr(log, "rank", 0)):
         # test hook: a failure on one rank only (tests/test_mpi.py checks the job aborts cleanly)
@@ -72,7 +72,7 @@ def kernel_row_chunks(source, entries, my_frames, coords, names, sigmas, e0, sig
     with log.progress("K_NM rows", max(n_rows, 1), note=share) as progress:
         for frame in source.read([entries[f] for f in my_frames]):
             progress.update(done_rows + pending_rows)  # rows built, and queued in this chunk
-            fr = frame_rows(frame, names, sigmas, e0, sigma_per_atom)
+            fr = frame_rows(frame, names, sigmas, e0, sigma_per_atom, core)
             grad = bool(fr.force_atoms.size) or fr.has_virial
             nl = neighbour_list(frame.positions, frame.cell, frame.pbc, max_cutoff)
             per_atom = _bytes_per_atom(coords, frame, nl, grad)

@@ -141,7 +141,8 @@ class SparseChoice:
 
 def choose_sparse_points(spec, x: Optional[np.ndarray], cutoff: Optional[np.ndarray], config_type: Optional[np.ndarray],
                          config_type_names: Sequence[str], d: int, rng: np.random.Generator, log=print,
-                         theta: Optional[np.ndarray] = None, use_actual_gpcov: bool = False) -> SparseChoice:
+                         theta: Optional[np.ndarray] = None, use_actual_gpcov: bool = False,
+                         permutations: Optional[np.ndarray] = None) -> SparseChoice:
     """Select one coordinate's sparse points with ``spec.gp['sparse_method']``.
 
     ``x``, ``cutoff`` and ``config_type`` (index into ``config_type_names``) are
@@ -157,9 +158,8 @@ def choose_sparse_points(spec, x: Optional[np.ndarray], cutoff: Optional[np.ndar
                               f"in sparse_file '{gp['sparse_file']}'")
         return SparseChoice(sx, sc, None)
     n_all = x.shape[0]
-    if n_all == 0:
-        raise DataError(f"descriptor {spec.index} ({' '.join(spec.piece.split())}) found no environments in the data: "
-                        f"check its cutoff and species (Z, Z1, Z2)")
+    if n_all == 0:  # no environments: the caller decides (an error, or a coordinate left out)
+        return SparseChoice(np.zeros((0, d)), np.zeros(0), np.zeros(0, dtype=np.int64))
     if method == "index_file":
         index = read_index_file(gp["sparse_file"], n_all, where)
         if gp["n_sparse"] and gp["n_sparse"] != index.size:
@@ -178,7 +178,8 @@ def choose_sparse_points(spec, x: Optional[np.ndarray], cutoff: Optional[np.ndar
     if selector is None:
         if method not in clustering.SELECTORS:
             raise ConfigError(f"sparse_method={method} {where} is not implemented in gapfit")
-        context = clustering.SelectionContext.from_gp(gp, theta=theta, use_actual_gpcov=use_actual_gpcov, log=log)
+        context = clustering.SelectionContext.from_gp(gp, theta=theta, use_actual_gpcov=use_actual_gpcov, log=log,
+                                                      permutations=permutations)
         method_fn = clustering.SELECTORS[method]
 
         def selector(xs, m, rng_):

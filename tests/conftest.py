@@ -42,6 +42,27 @@ def shared_environments(xa, xb, tol=ENVIRONMENT_TOLERANCE):
     return int(same_environment(xa, xb, tol).any(axis=1).sum())
 
 
+def config_words(path) -> list:
+    """The options of a gapfit config file as argv words for gap_fit (which has no config comments)."""
+    from gapfit.options import split_fields, strip_comments
+    options = strip_comments(Path(path).read_text())
+    words = split_fields(options.replace("{", "\x01").replace("}", "\x02"), separators=" \n")
+    return [w.replace("\x01", "{").replace("\x02", "}") for w in words]
+
+
+def prediction_differences(xml_a, xml_b, frames):
+    """Max |ΔE| per atom (eV) and max |ΔF| (eV/Å) between two models (gapfit's calculator) on ``frames``."""
+    from gapfit.calculator import GapCalculator
+    calc_a, calc_b = GapCalculator(str(xml_a)), GapCalculator(str(xml_b))
+    de = df = 0.0
+    for atoms in frames:
+        a, b = atoms.copy(), atoms.copy()
+        a.calc, b.calc = calc_a, calc_b
+        de = max(de, abs(a.get_potential_energy() - b.get_potential_energy()) / len(atoms))
+        df = max(df, np.abs(a.get_forces() - b.get_forces()).max())
+    return de, df
+
+
 def mpi_env(threads: int = 1):
     """Environment for subprocesses that run gapfit under (or without) mpirun, as root too."""
     env = dict(os.environ)

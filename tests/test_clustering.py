@@ -35,6 +35,9 @@ CONTEXTS = {
     "ard_se": SelectionContext(covariance_type="ard_se", theta=np.full(6, 1.5), delta=2.0, f0=0.3, zeta=1.0),
     "ard_se_actual": SelectionContext(covariance_type="ard_se", theta=np.full(6, 1.5), delta=2.0, f0=0.3,
                                       use_actual_gpcov=True),
+    "pp": SelectionContext(covariance_type="pp", theta=np.full(6, 6.0), delta=2.0, f0=0.3),
+    "pp_actual": SelectionContext(covariance_type="pp", theta=np.full(6, 6.0), delta=2.0, f0=0.3,
+                                  use_actual_gpcov=True),
     "dot_product": SelectionContext(covariance_type="dot_product", zeta=2.0, delta=1.3),
     "dot_product_actual": SelectionContext(covariance_type="dot_product", zeta=3.0, use_actual_gpcov=True),
 }
@@ -107,8 +110,8 @@ def test_cluster_actual_zero_norm_candidate():
 
 
 def test_unsupported_covariance_type():
-    with pytest.raises(ConfigError, match="not available for covariance_type=pp"):
-        cl.select_pivot(_data(), 5, np.random.default_rng(0), SelectionContext(covariance_type="pp"))
+    with pytest.raises(ConfigError, match="not available for covariance_type=bond_real_space"):
+        cl.select_pivot(_data(), 5, np.random.default_rng(0), SelectionContext(covariance_type="bond_real_space"))
 
 
 # --- memory refusal ----------------------------------------------------------------------
@@ -231,12 +234,21 @@ def _kernel_reference(x, ctx, crude=False):
                     t = np.asarray(ctx.theta)
                     kij = ctx.delta ** 2 * np.exp(-0.5 * np.sum(((x[i] - x[j]) / t) ** 2)) + ctx.f0 ** 2
                     k[i, j] = kij / (ctx.delta ** 2 + ctx.f0 ** 2)
+            elif ctx.covariance_type == "pp":  # QUIP's covariancePP, q = 1, j = d//2 + 2
+                jj = x.shape[1] // 2 + 2
+                t = np.full(x.shape[1], 4.0) if crude else np.asarray(ctx.theta)
+                r = np.sqrt(np.sum(((x[i] - x[j]) / t) ** 2))
+                pp = (1 - r) ** (jj + 1) * ((jj + 1) * r + 1) if r < 1 else 0.0
+                if crude:
+                    k[i, j] = pp
+                else:
+                    k[i, j] = (ctx.delta ** 2 * pp + ctx.f0 ** 2) / (ctx.delta ** 2 + ctx.f0 ** 2)
             else:
                 k[i, j] = (x[i] @ x[j]) ** ctx.zeta / np.sqrt((x[i] @ x[i]) ** ctx.zeta * (x[j] @ x[j]) ** ctx.zeta)
     return k
 
 
-@pytest.mark.parametrize("ctx_name", ["ard_se", "dot_product"])
+@pytest.mark.parametrize("ctx_name", ["ard_se", "pp", "dot_product"])
 def test_cur_covariance_matrix_is_gap_fits(ctx_name):
     x = _data(n=30)
     ctx = CONTEXTS[ctx_name]
@@ -281,12 +293,12 @@ def _pivot_reference(k, m):
     return piv[:m]
 
 
-@pytest.mark.parametrize("ctx_name", ["ard_se", "dot_product"])
+@pytest.mark.parametrize("ctx_name", ["ard_se", "pp", "dot_product"])
 def test_pivot_matches_reference_pivoted_cholesky(ctx_name):
     x = _data(n=70)
     base = CONTEXTS[ctx_name]
     ctx = replace(base, jitter=0.0)
-    if ctx.covariance_type == "ard_se":
+    if ctx.covariance_type in ("ard_se", "pp"):  # pp: θ-scaled distances, as ard_se
         scale = ctx.theta
     else:
         scale = x.max(axis=0) - x.min(axis=0)

@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 from ase.io import read, write
 
-from gapfit.calculator import GapCalculator
 from gapfit.gap_xml import read_model
 
-from conftest import QUIP_TESTS, TA_XYZ, run_gapfit, shared_environments
+from conftest import QUIP_TESTS, TA_XYZ, config_words, prediction_differences, run_gapfit, shared_environments
 
 
 def _reference(name):
@@ -53,18 +52,6 @@ def test_quip_reference_run(tmp_path, name):
         assert da < 1e-5
 
 
-def _prediction_differences(xml_a, xml_b, frames):
-    """Max |ΔE| per atom (eV) and max |ΔF| (eV/Å) between two models on ``frames``."""
-    calc_a, calc_b = GapCalculator(str(xml_a)), GapCalculator(str(xml_b))
-    de = df = 0.0
-    for atoms in frames:
-        a, b = atoms.copy(), atoms.copy()
-        a.calc, b.calc = calc_a, calc_b
-        de = max(de, abs(a.get_potential_energy() - b.get_potential_energy()) / len(atoms))
-        df = max(df, np.abs(a.get_forces() - b.get_forces()).max())
-    return de, df
-
-
 TA_2B = ("distance_2b cutoff=5.0 cutoff_transition_width=1.0 covariance_type=ard_se delta=2.0 theta_uniform=0.75 "
          "n_sparse=25 sparse_method=uniform")
 
@@ -82,7 +69,7 @@ def test_same_model_as_gap_fit_on_ta(tmp_path, gap_fit):
     assert proc.returncode == 0, proc.stdout[-3000:]
     proc = run_gapfit(common + ["gp_file=gapfit.xml"], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    de, df = _prediction_differences(tmp_path / "gap_fit.xml", tmp_path / "gapfit.xml", held_out)
+    de, df = prediction_differences(tmp_path / "gap_fit.xml", tmp_path / "gapfit.xml", held_out)
     ma, mb = read_model(str(tmp_path / "gap_fit.xml")), read_model(str(tmp_path / "gapfit.xml"))
     dx = np.abs(ma.coordinates[0].sparse_x - mb.coordinates[0].sparse_x).max()
     print(f"Ta distance_2b, gap_fit vs gapfit on {len(held_out)} held-out frames: max |ΔE|/atom = {de:.2e} eV, "
@@ -169,7 +156,6 @@ TA_SOAP = ("{distance_2b cutoff=5.0 delta=10.0 covariance_type=ard_se theta_unif
 
 def test_same_soap_model_as_gap_fit_on_ta(tmp_path, gap_fit):
     """Ta-soap options (200 soap points to keep gap_fit's run short), the same sparse points for both."""
-    from gapfit.options import strip_comments, split_fields
     frames = read(str(TA_XYZ), ":")
     write(str(tmp_path / "train.xyz"), [f for i, f in enumerate(frames) if i % 3 != 2], format="extxyz")
     held_out = [f for i, f in enumerate(frames) if i % 3 == 2][::2]
@@ -178,9 +164,7 @@ def test_same_soap_model_as_gap_fit_on_ta(tmp_path, gap_fit):
               "do_copy_at_file=F", "rnd_seed=1", "gap=" + TA_SOAP]
     proc = run_gapfit(common + ["gp_file=sparse.xml", "sparsify_only_no_fit=T"], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    options = strip_comments((tmp_path / "sparse.xml.fit.cfg").read_text())
-    words = split_fields(options.replace("{", "\x01").replace("}", "\x02"), separators=" \n")
-    words = [w.replace("\x01", "{").replace("\x02", "}") for w in words]
+    words = config_words(tmp_path / "sparse.xml.fit.cfg")
     proc = subprocess.run([gap_fit, *words, "gp_file=gap_fit.xml"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=900, env=dict(__import__("os").environ, OMP_NUM_THREADS="2"))
     assert proc.returncode == 0, proc.stdout[-3000:]
@@ -189,7 +173,7 @@ def test_same_soap_model_as_gap_fit_on_ta(tmp_path, gap_fit):
     ma, mb = read_model(str(tmp_path / "gap_fit.xml")), read_model(str(tmp_path / "gapfit.xml"))
     for a, b in zip(ma.coordinates, mb.coordinates):
         assert np.abs(a.sparse_x - b.sparse_x).max() < 1e-12
-    de, df = _prediction_differences(tmp_path / "gap_fit.xml", tmp_path / "gapfit.xml", held_out)
+    de, df = prediction_differences(tmp_path / "gap_fit.xml", tmp_path / "gapfit.xml", held_out)
     print(f"Ta soap+2b, gap_fit vs gapfit with the same {sum(c.sparse_x.shape[0] for c in mb.coordinates)} sparse "
           f"points on {len(held_out)} held-out frames: max |ΔE|/atom = {de:.2e} eV, max |ΔF| = {df:.2e} eV/Å")
     assert de < 1e-6 and df < 1e-5

@@ -8,6 +8,7 @@
 """
 
 import json
+import os
 import shlex
 import shutil
 import time
@@ -34,6 +35,14 @@ TA = ["e0_method=average", "energy_parameter_name=energy", "force_parameter_name
 GAP_SOAP = GAP_2B + (" : soap l_max=4 n_max=6 atom_sigma=0.5 cutoff=4.0 cutoff_transition_width=0.5 delta=0.2 "
                      "covariance_type=dot_product zeta=2 n_sparse=60 sparse_method=cur_points")
 
+CORE = os.path.join(os.path.dirname(__file__), "data", "core", "sic_test_glue.xml")
+GAP_3B_CORE = ("distance_2b cutoff=4.0 covariance_type=pp delta=1.0 theta_uniform=3.0 n_sparse=15 sparse_method=uniform "
+               ": angle_3b cutoff=3.0 cutoff_transition_width=0.8 covariance_type=pp delta=0.5 f0=0.1 "
+               "theta_uniform=2.5 n_sparse=15 sparse_method=uniform")
+GAP_NB = ("distance_Nb order=2 cutoff=4.0 covariance_type=ard_se delta=1.0 theta_uniform=1.0 n_sparse=10 "
+          "sparse_method=uniform : distance_Nb order=3 cutoff=3.0 compact_clusters=F covariance_type=ard_se delta=0.5 "
+          "theta_fac=0.5 n_sparse=20 sparse_method=uniform")
+
 CASES = {
     "Si.np2": (QUIP_TESTS / "Si.np2.xyz", SI, GAP_2B),
     "SiC.np2": (QUIP_TESTS / "SiC.np2.xyz", SI, GAP_2B),
@@ -41,6 +50,10 @@ CASES = {
     "Si.np2 soap": (QUIP_TESTS / "Si.np2.xyz", SI, GAP_SOAP),
     "SiC.np2 soap": (QUIP_TESTS / "SiC.np2.xyz", SI, GAP_SOAP),
     "Ta soap": (TA_XYZ, TA, GAP_SOAP),
+    "SiC.np2 2b+angle_3b (pp) + Glue core": (QUIP_TESTS / "SiC.np2.xyz",
+                                             SI + ["e0_method=average", "core_ip_args={IP Glue label=SiC_test}",
+                                                   f"core_param_file={CORE}"], GAP_3B_CORE),
+    "SiC.np2 distance_Nb": (QUIP_TESTS / "SiC.np2.xyz", SI + ["e0_method=average"], GAP_NB),
 }
 
 

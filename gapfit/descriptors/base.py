@@ -69,6 +69,8 @@ class Descriptor:
     schema: ClassVar[Schema]
     n_index: ClassVar[int] = 1
     sparse_methods: ClassVar[Sequence[str]] = ()  # those that make sense for it (gapfit --help)
+    #: keys of published command lines that current gap_fit ignores: accepted with a warning
+    legacy_keys: ClassVar[Dict[str, str]] = {}
 
     def __init__(self, params: Dict, piece: str = "", given=()):
         self.params = dict(params)

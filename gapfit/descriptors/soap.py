@@ -111,6 +111,12 @@ class Soap(Descriptor):
     #: uniform grids each dimension: soap's hundreds of dimensions cannot be gridded
     sparse_methods = ("cur_points", "cur_covariance", "random", "pivot", "kmeans", "fuzzy", "cluster",
                       "covariance", "none", "file", "index_file")
+    legacy_keys = {
+        # C GAP-20's command line (2020) has radial_decay=-0.5; gap_fit 0.10.3 registers no such key and
+        # ignores it (the same model with and without it, bit for bit); cutoff_rate/_scale/_dexp are today's
+        "radial_decay": "gap_fit 0.10.3 ignores it too (today's radial scaling keys are cutoff_dexp, cutoff_scale "
+                        "and cutoff_rate)",
+    }
     schema = Schema([
         Param("soap", to_bool, True, help="the descriptor keyword"),
         Param("cutoff", to_float, None, mandatory=True, check=positive,
