@@ -29,6 +29,36 @@ DATA_OPTIONS = ("e0_method=average energy_parameter_name=energy force_parameter_
 D2B = ("distance_2b cutoff=5.0 delta=10.0 covariance_type=ard_se theta_uniform=0.75 n_sparse=20 "
        "sparse_method=uniform")
 
+# the Ni set of jGAP (acclab): QUIP-style 'force'; an isolated atom and dimers; virials on bulk frames
+NI_OPTIONS = ("energy_parameter_name=energy force_parameter_name=force virial_parameter_name=virial "
+              "default_sigma={0.002 0.05 0.05 0.0} sparse_jitter=1.0e-8")
+
+
+def zbl_glue(z: int, r_inner: float = 0.5, r_switch: float = 1.2, r_cut: float = 1.8) -> str:
+    """A pair-only QUIP Glue file: the ZBL universal repulsion, switched smoothly to 0 at ``r_cut``.
+
+    The density and embedding are dummies (F ≡ 0), as in C GAP-20's core; made here, for the benchmark.
+    """
+    import numpy as np
+    a = 0.46850 / (2.0 * z ** 0.23)
+
+    def energy(r):
+        x = r / a
+        phi = (0.18175 * np.exp(-3.1998 * x) + 0.50986 * np.exp(-0.94229 * x) + 0.28022 * np.exp(-0.4029 * x)
+               + 0.02817 * np.exp(-0.20162 * x))
+        t = np.clip((r - r_switch) / (r_cut - r_switch), 0.0, 1.0)
+        return 14.399645 * z * z / r * phi * (1.0 - t * t * t * (10.0 - 15.0 * t + 6.0 * t * t))
+    r = np.linspace(r_inner, r_cut, 33)
+    points = "\n".join(f'      <point r="{x:.6f}" E="{energy(x):.12e}"/>' for x in r)
+    return (f'<Glue_params n_types="1">\n  <per_type_data atomic_num="{z}" type="1">\n'
+            f'    <density num_points="2" density_y1="0.0" density_yn="0.0">\n'
+            f'      <point a="0.5" rho="0.0"/>\n      <point a="1.0" rho="0.0"/>\n    </density>\n'
+            f'    <potential_density num_points="2">\n      <point rho="0.0" E="0.0"/>\n'
+            f'      <point rho="1.0" E="0.0"/>\n    </potential_density>\n  </per_type_data>\n'
+            f'  <per_pair_data type1="1" type2="1">\n    <potential_pair num_points="{r.size}" yn="0.0">\n'
+            f'{points}\n    </potential_pair>\n  </per_pair_data>\n</Glue_params>\n')
+
+
 CASES = {
     "ta_2b": {
         "about": "distance_2b only, Ta SNAP (issue 2)",
@@ -48,6 +78,36 @@ CASES = {
         "options": DATA_OPTIONS + " gap={" + D2B + " : soap l_max=4 n_max=4 atom_sigma=0.5 zeta=2 cutoff=4.0 "
                    "cutoff_transition_width=0.5 central_weight=1.0 n_sparse=500 delta=0.1 "
                    "covariance_type=dot_product sparse_method=cur_points}",
+    },
+    "ta_3b": {
+        "about": "Ta-soap plus angle_3b (cutoff 3.2, 100 uniform points): the C GAP-20 form on Ta (issue 8)",
+        "data": "../shared/data/ta_snap/Ta_snap_train.xyz",
+        "options": DATA_OPTIONS + " gap={" + D2B + " : angle_3b cutoff=3.2 cutoff_transition_width=0.5 "
+                   "covariance_type=ard_se delta=0.05 theta_uniform=1.0 n_sparse=100 sparse_method=uniform : "
+                   "soap l_max=4 n_max=8 atom_sigma=0.5 zeta=2 cutoff=5.0 cutoff_transition_width=0.5 "
+                   "central_weight=1.0 n_sparse=1000 delta=0.1 covariance_type=dot_product sparse_method=cur_points}",
+    },
+    "ni_tabgap": {
+        "about": "acclab-style tabGAP on the Ni set: a repulsive (ZBL) Glue core + distance_2b + angle_3b (issue 8)",
+        "data": "../shared/data/ni_acclab/ni-train.xyz",
+        "options": NI_OPTIONS + " core_ip_args={IP Glue} core_param_file=ni_zbl_glue.xml gap={distance_2b cutoff=5.0 "
+                   "cutoff_transition_width=1.0 covariance_type=ard_se delta=10.0 theta_uniform=0.75 n_sparse=20 "
+                   "sparse_method=uniform : angle_3b cutoff=3.3 cutoff_transition_width=0.6 covariance_type=ard_se "
+                   "delta=0.5 theta_uniform=1.0 n_sparse=200 sparse_method=uniform}",
+        "files": {"ni_zbl_glue.xml": lambda: zbl_glue(28)},
+    },
+    "ni_autoplex": {
+        "about": "autoplex's distance_Nb order 2 : order 3 : soap on the Ni set; same sparse points (issue 8)",
+        "data": "../shared/data/ni_acclab/ni-train.xyz",
+        "options": NI_OPTIONS + " gap={distance_Nb order=2 f0=0.0 cutoff=5.0 n_sparse=15 covariance_type=ard_se "
+                   "delta=2.0 theta_uniform=0.5 sparse_method=uniform compact_clusters=T : distance_Nb order=3 f0=0.0 "
+                   "cutoff=3.25 n_sparse=100 covariance_type=ard_se delta=2.0 theta_uniform=1.0 sparse_method=uniform "
+                   "compact_clusters=T : soap l_max=10 n_max=12 atom_sigma=0.5 zeta=4 cutoff=5.0 "
+                   "cutoff_transition_width=1.0 central_weight=1.0 n_sparse=2000 delta=1.0 f0=0.0 "
+                   "covariance_type=dot_product sparse_method=cur_points}",
+        "same_sparse": True,
+        "every": 8,  # every 8th training frame (and the isolated atom): gap_fit holds all soap gradients
+        "test_data": "../shared/data/ni_acclab/ni-test.xyz",
     },
     "inp_paper": {
         "about": "InP-paper: the Ta-soap options on InP (gap_fit needs ~82 GB here) (issue 3)",
@@ -91,7 +151,7 @@ def covariance_rate(log_path):
     import re
     text = open(log_path, errors="replace").read()
     m = re.search(r"kernel rows ([0-9.]+) s \(([0-9.]+) GFLOP in matrix products", text)
-    phase = re.search(r"Covariance K_NM \(descriptors and kernel rows\): ([0-9.]+) s wall", text)
+    phase = re.search(r"Covariance K_NM[^:\n]*: ([0-9.]+) s wall", text)  # dense or streaming
     if not m:
         return None
     return float(m.group(2)), float(m.group(1)), float(phase.group(1)) if phase else None
@@ -142,6 +202,8 @@ def main(argv=None):
         return 2
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads))
     scratch = tempfile.mkdtemp(prefix=f"gapfit-bench-{args.case}-")
+    if case.get("every"):
+        data = _subset(data, case["every"], scratch)
     options = f"at_file={data} do_copy_at_file=F rnd_seed=1 " + case["options"]
     words = options_to_argv(options)
     results = {}
@@ -150,12 +212,27 @@ def main(argv=None):
     programs.append(("gapfit", gapfit_cmd))
     print(f"case {args.case}: {case['about']}")
     print(f"data {data}; {args.threads} thread(s) per program; scratch {scratch}")
-    for name, cmd in programs:
-        wd = os.path.join(scratch, name)
+    if case.get("same_sparse"):
+        # CUR's random draws differ between the programs: gapfit chooses the sparse points once,
+        # both fit with them (the timings below are then those of the fit alone)
+        wd = os.path.join(scratch, "sparse")
         os.makedirs(wd)
-        status, wall, rss = run(cmd + words + [f"gp_file={name}.xml"], wd, env, os.path.join(wd, "log.txt"))
+        _write_files(case, wd)
+        status, wall, _ = run(gapfit_cmd + words + ["gp_file=sparse.xml", "sparsify_only_no_fit=T"], wd, env,
+                              os.path.join(wd, "log.txt"))
+        if status != 0:
+            print(f"gapfit sparsify_only_no_fit=T failed (exit {status}; see {wd}/log.txt)", file=sys.stderr)
+            return 1
+        print(f"  sparse points chosen by gapfit in {wall:.1f} s; both programs fit with them")
+        words = config_words(os.path.join(wd, "sparse.xml.fit.cfg"))
+    for name, cmd in programs:
+        wd = os.path.join(scratch, "sparse") if case.get("same_sparse") else os.path.join(scratch, name)
+        os.makedirs(wd, exist_ok=True)
+        _write_files(case, wd)
+        log = os.path.join(wd, f"log_{name}.txt")
+        status, wall, rss = run(cmd + words + [f"gp_file={name}.xml"], wd, env, log)
         results[name] = (status, wall, rss, os.path.join(wd, f"{name}.xml"))
-        state = "ok" if status == 0 else f"FAILED (exit {status}; see {wd}/log.txt)"
+        state = "ok" if status == 0 else f"FAILED (exit {status}; see {log})"
         print(f"  {name:8s} {state:10s} wall {wall:8.1f} s   peak RSS {gib(rss)}")
     print()
     print("| program | wall time (s) | peak RSS |")
@@ -167,10 +244,10 @@ def main(argv=None):
         g, q = results["gapfit"], results["gap_fit"]
         print(f"| ratio gapfit/gap_fit | {g[1] / q[1]:.3f} | {g[2] / q[2]:.3f} |")
     if "gap_fit" in results and results["gap_fit"][0] != 0:
-        lines = open(os.path.join(scratch, "gap_fit", "log.txt"), errors="replace").read().strip().splitlines()
+        lines = open(_log(scratch, case, "gap_fit"), errors="replace").read().strip().splitlines()
         why = [l.strip() for l in lines if "Error allocating" in l or "SYSTEM ABORT" in l or "error" in l.lower()]
         print("\ngap_fit failed: " + " / ".join((why or lines[-3:])[:2]))
-    rate = covariance_rate(os.path.join(scratch, "gapfit", "log.txt")) if results["gapfit"][0] == 0 else None
+    rate = covariance_rate(_log(scratch, case, "gapfit")) if results["gapfit"][0] == 0 else None
     if rate:
         peak = dgemm_rate(args.threads)
         flops, kernel_s, phase_s = rate
@@ -179,12 +256,41 @@ def main(argv=None):
               f"{flops / kernel_s:.0f} GFLOP/s ({100 * flops / kernel_s / peak:.0f}% of DGEMM); whole phase with "
               f"descriptor gradients {phase_s:.1f} s = {100 * flops / phase_s / peak:.0f}% of DGEMM")
     if both:
-        de, df, same = compare_models(q[3], g[3], data)
-        print(f"\nsparse points in common: {same}; the two models agree on the first 50 frames to "
-              f"{de:.2e} eV/atom and {df:.2e} eV/Å")
+        check = os.path.abspath(case["test_data"]) if case.get("test_data") else data
+        de, df, same = compare_models(q[3], g[3], check)
+        print(f"\nsparse points in common: {same}; the two models agree on the first 50 frames of "
+              f"{os.path.basename(check)} to {de:.2e} eV/atom and {df:.2e} eV/Å")
     if not args.keep:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0 if all(r[0] == 0 for r in results.values()) else 1
+
+
+def _subset(path, every, scratch):
+    """Every ``every``-th frame of an extended XYZ file, and its single-atom frames (e0), in the scratch folder."""
+    from ase.io import read, write
+    frames = read(path, ":")
+    out = os.path.join(scratch, f"every{every}_" + os.path.basename(path))
+    write(out, [f for k, f in enumerate(frames) if k % every == 0 or len(f) == 1], format="extxyz")
+    return out
+
+
+def _write_files(case, wd):
+    for name, make in case.get("files", {}).items():
+        with open(os.path.join(wd, name), "w") as fh:
+            fh.write(make())
+
+
+def _log(scratch, case, name):
+    return os.path.join(scratch, "sparse" if case.get("same_sparse") else name, f"log_{name}.txt")
+
+
+def config_words(path):
+    """An options file (gapfit's two-step output) as argv words for either program."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from gapfit.options import split_fields, strip_comments
+    text = strip_comments(open(path).read())
+    words = split_fields(text.replace("{", "\x01").replace("}", "\x02"), separators=" \n")
+    return [w.replace("\x01", "{").replace("\x02", "}") for w in words]
 
 
 def options_to_argv(options):

@@ -94,7 +94,19 @@ class GapFit:
     # ------------------------------------------------------------------
     def fit(self, frames=None) -> "GapFit":
         """Fit to ``frames`` (a path or a list of ase.Atoms); None means the at_file option."""
-        text = self.option_text
+        return self._run(self.option_text, frames)
+
+    def extend(self, frames, checkpoint: str) -> "GapFit":
+        """Extend the finished fit saved in ``checkpoint`` (a ``checkpoint_file``) with ``frames``.
+
+        The result is the fit on the base data and ``frames`` together, with the base fit's sparse
+        points, θ, e0 and σ rules; only the new frames' rows are computed.  The options given to
+        this GapFit may only name outputs (gp_file, checkpoint_file, ...).
+        """
+        return self._run((self.option_text + " extend_checkpoint=" + quote_value(os.fspath(checkpoint))).strip(),
+                         frames)
+
+    def _run(self, text: str, frames) -> "GapFit":
         source = None
         if frames is not None and not isinstance(frames, (str, os.PathLike)):
             source = MemorySource(list(frames))
@@ -103,11 +115,15 @@ class GapFit:
         elif frames is not None:
             text += f" at_file={os.fspath(frames)}"
         opts = parse_top_level(option_string=text)
+        extends = None
+        if opts["extend_checkpoint"]:
+            from .checkpoint import extension_options
+            opts, extends = extension_options(opts, self.comm)
         if source is None:
             source = XyzFileSource(opts["at_file"])
         # unlike the CLI, the API writes files only when gp_file is given
         result = run_fit(opts, source, comm=self.comm, stream=self.stream, quiet=self.quiet,
-                         write=opts.has("gp_file"))
+                         write=opts.has("gp_file"), extends=extends)
         self.result_ = result
         self.model_ = result.model
         self.alpha_ = result.alpha

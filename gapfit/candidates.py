@@ -29,53 +29,106 @@ def config_type_index(label_ct: str, names: List[str]) -> int:
     return names.index("default")
 
 
+#: descriptors with more dimensions than this get a pass over the data of their own, so that the
+#: candidates of one such coordinate (n × d doubles) are held at a time
+OWN_PASS_DIMENSIONS = 64
+
+
+def candidate_passes(coords, need) -> List[List[int]]:
+    """Coordinates in order, grouped into passes over the data: runs of low-dimensional ones
+    together, each high-dimensional one (soap) alone."""
+    passes: List[List[int]] = []
+    for k, c in enumerate(coords):
+        if not need[k]:
+            continue
+        small = c.descriptor.dimensions <= OWN_PASS_DIMENSIONS
+        if small and passes and passes[-1][-1] == k - 1 and coords[k - 1].descriptor.dimensions <= OWN_PASS_DIMENSIONS:
+            passes[-1].append(k)
+        else:
+            passes.append([k])
+    return passes
+
+
+def _stack(parts: list, width: Optional[int], dtype=float) -> np.ndarray:
+    """np.concatenate of ``parts``, releasing each part once copied (peak: the result plus one part)."""
+    n = sum(len(p) for p in parts)
+    out = np.empty((n, width) if width is not None else n, dtype=dtype)
+    start = 0
+    for i, part in enumerate(parts):
+        out[start:start + len(part)] = part
+        start += len(part)
+        parts[i] = None
+    parts.clear()
+    return out
+
+
+def _compute_candidates(comm, log, source, entries, labels, my_frames, coords, group, config_type_names,
+                        max_cutoff, note):
+    """This rank's candidates of the coordinates in ``group``: {k: (x, cutoff, config type, [(frame, count)])}."""
+    parts = {k: ([], [], [], []) for k in group}
+    progress = log.progress(f"candidate descriptors{note}", max(len(my_frames), 1), unit="frames",
+                            note=" (rank 0's share)" if comm.size > 1 else "")
+    for done, frame in enumerate(source.read([entries[f] for f in my_frames])):
+        progress.update(done)
+        nl = neighbour_list(frame.positions, frame.cell, frame.pbc, max_cutoff)
+        ct = config_type_index(labels[frame.index].config_type, config_type_names)
+        for k in group:
+            vals = coords[k].descriptor.calc(frame, nl, grad=False)
+            parts[k][0].append(vals.x)
+            parts[k][1].append(vals.cutoff)
+            parts[k][2].append(np.full(vals.n_desc, ct, dtype=np.int64))
+            parts[k][3].append((frame.index, vals.n_desc))
+    progress.close()
+    return {k: (_stack(xs, coords[k].descriptor.dimensions), _stack(cs, None), _stack(ts, None, np.int64), fc)
+            for k, (xs, cs, ts, fc) in parts.items()}
+
+
+def _gather_in_data_order(comm, local, mpi_candidate_order):
+    """Rank 0: every rank's candidates, ordered by frame (gap_fit's rank order with ``mpi_candidate_order=rank``)."""
+    x_loc, c_loc, t_loc, fc = local
+    if comm.size == 1:
+        return x_loc, c_loc, t_loc  # already in data order
+    x_all, c_all, t_all = comm.gather_rows(x_loc), comm.gather_rows(c_loc), comm.gather_rows(t_loc)
+    fc_all = comm.gather(fc, root=0)
+    if comm.rank != 0:
+        return None, None, None
+    blocks, start = [], 0
+    for rank, rank_list in enumerate(fc_all):
+        for frame_id, count in rank_list:
+            key = (rank, frame_id) if mpi_candidate_order == "rank" else (frame_id,)
+            blocks.append((key, start, count))
+            start += count
+    blocks.sort()
+    order = np.concatenate([np.arange(s, s + n) for _, s, n in blocks]) if blocks else np.zeros(0, int)
+    if np.array_equal(order, np.arange(order.size)):
+        return x_all, c_all, t_all
+    return x_all[order], c_all[order], t_all[order]
+
+
 def sparse_points(comm, log, source, entries, labels, my_frames, coords, config_type_names, max_cutoff, rng, v):
-    """Candidates on the owning ranks, gathered to rank 0 in data order; selection there; broadcast."""
+    """Candidates on the owning ranks, gathered to rank 0 in data order; selection there; broadcast.
+
+    The candidates of one high-dimensional coordinate are held at a time (:func:`candidate_passes`):
+    its choice is made, and its candidates dropped, before the next pass over the data.
+    """
     need = [c.spec.gp["sparse_method"] in CANDIDATE_METHODS or "lengthscale_factor" in c.spec.gp_given
             for c in coords]
-    local = [([], [], [], []) for _ in coords]  # x, cutoff, config type, frame ids/counts
-    if any(need):
-        share = " (rank 0's share)" if comm.size > 1 else ""
-        progress = log.progress("candidate descriptors", max(len(my_frames), 1), unit="frames", note=share)
-        for done, frame in enumerate(source.read([entries[f] for f in my_frames])):
-            progress.update(done)
-            nl = neighbour_list(frame.positions, frame.cell, frame.pbc, max_cutoff)
-            ct = config_type_index(labels[frame.index].config_type, config_type_names)
-            for k, c in enumerate(coords):
-                if not need[k]:
-                    continue
-                vals = c.descriptor.calc(frame, nl, grad=False)
-                local[k][0].append(vals.x)
-                local[k][1].append(vals.cutoff)
-                local[k][2].append(np.full(vals.n_desc, ct, dtype=np.int64))
-                local[k][3].append((frame.index, vals.n_desc))
-        progress.close()
+    passes = candidate_passes(coords, need)
+    pass_of = {k: i for i, group in enumerate(passes) for k in group}
     choices: List[Optional[SparseChoice]] = []
     thetas = []
+    held = {}
     for k, c in enumerate(coords):
         d = c.descriptor.dimensions
         x = cut = ct = None
         if need[k]:
-            xs, cs, ts, fc = local[k]
-            x_loc = np.concatenate(xs) if xs else np.zeros((0, d))
-            c_loc = np.concatenate(cs) if cs else np.zeros(0)
-            t_loc = np.concatenate(ts) if ts else np.zeros(0, dtype=np.int64)
-            x_all = comm.gather_rows(x_loc)
-            c_all = comm.gather_rows(c_loc)
-            t_all = comm.gather_rows(t_loc)
-            fc_all = comm.gather(fc, root=0)
-            if comm.rank == 0:
-                # reorder the gathered blocks by frame: global data order, as in serial
-                # (gap_fit's MPI runs keep rank order instead: mpi_candidate_order=rank)
-                blocks, start = [], 0
-                for rank, rank_list in enumerate(fc_all):
-                    for frame_id, count in rank_list:
-                        key = (rank, frame_id) if v["mpi_candidate_order"] == "rank" else (frame_id,)
-                        blocks.append((key, start, count))
-                        start += count
-                blocks.sort()
-                order = np.concatenate([np.arange(s, s + n) for _, s, n in blocks]) if blocks else np.zeros(0, int)
-                x, cut, ct = x_all[order], c_all[order], t_all[order]
+            if k not in held:
+                group = passes[pass_of[k]]
+                note = "" if len(passes) == 1 else f" (pass {pass_of[k] + 1} of {len(passes)}: coordinate" \
+                    f"{'s' if len(group) > 1 else ''} {', '.join(str(j + 1) for j in group)})"
+                held = _compute_candidates(comm, log, source, entries, labels, my_frames, coords, group,
+                                           config_type_names, max_cutoff, note)
+            x, cut, ct = _gather_in_data_order(comm, held.pop(k), v["mpi_candidate_order"])
         theta = length_scales(comm, c, x)
         thetas.append(theta)
         with log.heartbeat(f"choosing the sparse points of coordinate {k + 1} ({c.spec.gp['sparse_method']})"):
@@ -91,6 +144,7 @@ def sparse_points(comm, log, source, entries, labels, my_frames, coords, config_
                               f"the descriptor has {d}")
         choices.append(choice)
         n_cand = "" if x is None else f" from {x.shape[0]} instances"
+        del x, cut, ct
         log(f"  coordinate {k + 1}: {choice.x.shape[0]} sparse points ({c.spec.gp['sparse_method']}){n_cand}")
     return choices, thetas
 

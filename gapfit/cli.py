@@ -59,7 +59,11 @@ def main(argv=None) -> int:
         from .pipeline import run_fit
         from .extxyz import XyzFileSource
 
-        run_fit(opts, XyzFileSource(opts["at_file"]), comm=comm)
+        extends = None
+        if opts["extend_checkpoint"]:
+            from .checkpoint import extension_options
+            opts, extends = extension_options(opts, comm)
+        run_fit(opts, XyzFileSource(opts["at_file"]), comm=comm, extends=extends)
         sys.stdout.flush()
         return 0
     except KeyboardInterrupt:
@@ -78,7 +82,7 @@ def _report_failure(comm, exc, verbose) -> int:
         raise exc
     if isinstance(exc, GapfitError):
         code = exc.exit_code
-        message = f"gapfit: error: {exc}"
+        message = f"gapfit: {exc}" if code == 75 else f"gapfit: error: {exc}"  # 75: stopped with a checkpoint
     elif isinstance(exc, MemoryError):
         code = 1
         message = "gapfit: error: out of memory: use more MPI ranks (or nodes) or fewer sparse points; dryrun=T estimates"
@@ -89,8 +93,8 @@ def _report_failure(comm, exc, verbose) -> int:
             message += " (rerun with verbosity=VERBOSE for the traceback)"
         collective = getattr(exc, "collective", False)
     if collective and comm.size > 1:
-        if comm.rank == 0:
-            _print_error(rank_prefix(comm) + message, exc, verbose)
+        if comm.rank == 0:  # one message for the whole job, so no rank prefix
+            _print_error(message, exc, verbose)
         sys.stdout.flush()
         return code
     _print_error(rank_prefix(comm) + message, exc, verbose)

@@ -200,9 +200,12 @@ def _prepare(method: str, x, m) -> np.ndarray:
     if m > n:
         raise ConfigError(f"sparse_method={method}: {int(m)} sparse points requested but there are only "
                           f"{n} distinct candidates")
-    if n and not np.all(np.isfinite(x)):
-        bad = int(np.nonzero(~np.all(np.isfinite(x), axis=1))[0][0])
-        raise DataError(f"sparse_method={method}: candidate descriptor {bad} is not finite")
+    step = _block_rows(x.shape[1])
+    for start in range(0, n, step):  # a block at a time: no n×d temporary
+        finite = np.isfinite(x[start:start + step]).all(axis=1)
+        if not finite.all():
+            bad = start + int(np.nonzero(~finite)[0][0])
+            raise DataError(f"sparse_method={method}: candidate descriptor {bad} is not finite")
     return x
 
 
@@ -369,8 +372,8 @@ class _NormalisedKernel:
 
 
 # --- CUR --------------------------------------------------------------------------------
-def cur_leverage(v: np.ndarray, s: np.ndarray, m: int, log=_silent, method: str = "cur_points") -> np.ndarray:
-    """p_j = min(1, m/r Σ_{k<r} v_jk²), r = #(s > TOL_SVD)//2 (at least 1), for singular vectors in columns of v."""
+def cur_rank(s: np.ndarray, log=_silent, method: str = "cur_points") -> int:
+    """gap_fit's number of singular vectors in the leverage: #(s > TOL_SVD) // 2 (at least 1)."""
     count = int(np.count_nonzero(s > TOL_SVD))
     if count == 0:
         what = "descriptor" if method == "cur_points" else "normalised kernel"
@@ -381,6 +384,12 @@ def cur_leverage(v: np.ndarray, s: np.ndarray, m: int, log=_silent, method: str 
         log(f"  warning: {method}: only {count} singular value above {TOL_SVD:g}; gap_fit would divide by a "
             f"zero rank here, using rank 1")
         rank = 1
+    return rank
+
+
+def cur_leverage(v: np.ndarray, s: np.ndarray, m: int, log=_silent, method: str = "cur_points") -> np.ndarray:
+    """p_j = min(1, m/r Σ_{k<r} v_jk²), r = :func:`cur_rank`, for singular vectors in columns of v."""
+    rank = cur_rank(s, log, method)
     p = np.einsum("nk,nk->n", v[:, :rank], v[:, :rank])
     p *= m
     p /= rank
@@ -415,20 +424,42 @@ def cur_reconstruction_error(a_rows: np.ndarray, chosen: np.ndarray) -> float:
     return err
 
 
-def _economy_svd_left(x: np.ndarray):
-    """x = U S Vᵀ with U (n, min(n, d)): the left factor and singular values (descending)."""
-    import scipy.linalg
-    try:
-        u, s, _ = scipy.linalg.svd(x, full_matrices=False, lapack_driver="gesdd", check_finite=False)
-    except np.linalg.LinAlgError:
-        u, s, _ = scipy.linalg.svd(x, full_matrices=False, lapack_driver="gesvd", check_finite=False)
-    return u, s
+def descriptor_leverage(x: np.ndarray, m: int, log=_silent) -> np.ndarray:
+    """cur_points' leverage p_j of every row of x, in O(d²) memory beyond x itself.
+
+    The right singular vectors of A = xᵀ are the left ones of x = U S Vᵀ.  Rather than U (n×d, as
+    large as x), x is reduced to its d×d triangular factor R by Householder QR, folded block by
+    block (:class:`gapfit.solvers.streaming.TriangularFactor`); R has x's singular values and V,
+    and the rows of U needed, u_j = x_j V_r S_r⁻¹ for the r largest singular values, are formed
+    block by block.
+    """
+    from .solvers.streaming import TriangularFactor
+
+    n, d = x.shape
+    factor = TriangularFactor(d - 1, block_rows=max(4 * d, 1024))  # d columns in all
+    step = factor.block_rows
+    for start in range(0, n, step):
+        factor.add_rows(x[start:start + step])
+    factor.flush()
+    _, s, vt = np.linalg.svd(factor.r)
+    del factor
+    rank = cur_rank(s, log, "cur_points")
+    v_scaled = vt[:rank].T / s[:rank]
+    p = np.empty(n)
+    step = _block_rows(max(d, rank))
+    for start in range(0, n, step):
+        u = x[start:start + step] @ v_scaled
+        p[start:start + step] = np.einsum("nk,nk->n", u, u)
+    p *= m
+    p /= rank
+    np.minimum(p, 1.0, out=p)
+    return p
 
 
 def select_cur_points(x, m, rng, context: Optional[SelectionContext] = None) -> np.ndarray:
     """gap_fit's ``cur_points``: CUR on the d×n descriptor matrix (see module docstring).
 
-    Memory: x, its n×min(n, d) left singular factor and LAPACK's copy of x; time O(n d²).
+    Memory: x and O(d²) (:func:`descriptor_leverage`); time O(n d²).
     """
     ctx = _ctx(context)
     x = _prepare("cur_points", x, m)
@@ -436,10 +467,7 @@ def select_cur_points(x, m, rng, context: Optional[SelectionContext] = None) -> 
         return np.zeros(0, dtype=np.int64)
     if m == x.shape[0]:  # CUR keeps every column (gap_fit: the heap sort of all n keys)
         return np.arange(m, dtype=np.int64)
-    # A = xᵀ (d×n): its right singular vectors are the left singular vectors of x
-    u, s = _economy_svd_left(x)
-    p = cur_leverage(u, s, m, ctx.log, "cur_points")
-    del u
+    p = descriptor_leverage(x, m, ctx.log)
     chosen = cur_keys_select(p, m, rng)
     if ctx.cur_report_error:
         ctx.log(f"  cur_decomposition: iteration: 1, error: {cur_reconstruction_error(x, chosen):.17g}")

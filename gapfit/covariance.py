@@ -36,6 +36,7 @@ class Coordinate:
     descriptor: object  # descriptors.base.Descriptor
     kernel: Optional[Kernel] = None
     sparse_cutoff: Optional[np.ndarray] = None
+    sparse_index: Optional[np.ndarray] = None  # the sparse points' candidate indices (None: from a file)
     column: int = 0  # first column of this coordinate in K_NM
 
     @property

@@ -9,6 +9,7 @@ from .covariance import DEFAULT_BLOCK_BYTES
 from .data import assign_frames
 from .neighbours import neighbour_list
 from .report import human_bytes, peak_rss_bytes
+from .linear_system import streaming_bytes
 from .rows import CHUNK_BYTES
 
 
@@ -69,6 +70,7 @@ def memory_estimate(log, comm, source, entries, my_frames, coords, frame_rows_co
         f"about {human_bytes(chunk)} with the kernel blocks)")
     log(f"  gap_fit would hold all of them plus two copies of A: about "
         f"{human_bytes(gradients_all + 2 * a_total + 8.0 * sum(counts[:, 0]))} per process")
+    streaming = baseline + chunk + streaming_bytes(m_total)
     table, smallest = [], None
     for p in sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, comm.size}):
         rank_bytes, extra = per_rank(p)
@@ -77,10 +79,16 @@ def memory_estimate(log, comm, source, entries, my_frames, coords, frame_rows_co
         if fits and smallest is None:
             smallest = p
         table.append([p, human_bytes(rank_bytes), human_bytes(rank_bytes + extra), human_bytes(total),
-                      "yes" if fits else "no"])
-    log.table(["ranks P", "per rank", "rank 0", "all ranks", f"fits here ({human_bytes(available)} free)"], table)
+                      "yes" if fits else "no", human_bytes(streaming), human_bytes(streaming + extra),
+                      human_bytes(p * streaming + extra)])
+    log("  per rank with the dense path (A) and with the streaming path (an (M+1)² factor), linear_solver=dense|streaming:")
+    log.table(["ranks P", "dense: per rank", "rank 0", "all ranks", f"fits here ({human_bytes(available)} free)",
+               "streaming: per rank", "rank 0", "all ranks"], table)
     if smallest is not None:
-        log(f"  smallest P that fits this machine: {smallest}")
+        log(f"  smallest P for the dense path on this machine: {smallest}")
     else:
         nodes = -(-int(a_total + root_extra) // int(max(available - baseline, 1)))
-        log(f"  does not fit this machine with any P: use about {nodes} node(s) like this one, one rank per core")
+        log(f"  the dense path does not fit this machine with any P: use about {nodes} node(s) like this one, "
+            f"one rank per core, or linear_solver=streaming")
+    if available and streaming + extra <= available:
+        log(f"  the streaming path fits this machine on one process ({human_bytes(streaming + extra)})")

@@ -309,6 +309,19 @@ TOP_LEVEL = Schema([
     # gapfit extension: a machine-readable JSON report (timings, per-rank rows and peak memory)
     Param("report_file", to_str, "",
           help="gapfit: write a JSON report (per-rank timings, rows, peak memory, warnings) to this file"),
+    Param("linear_solver", choice("auto", "dense", "streaming"), "auto",
+          help="gapfit: the least-squares path: dense A (QR of all rows at once), streaming (rows folded into an "
+               "(M+1)² triangular factor as they are made: memory independent of the data), or auto"),
+    Param("checkpoint_file", to_str, "",
+          help="gapfit: save the streaming solve here as it goes, and resume from it when the same fit is rerun "
+               "(SIGTERM/SIGUSR1 save and stop: exit status 75)"),
+    Param("extend_checkpoint", to_str, "",
+          help="gapfit: extend the finished fit saved in this checkpoint with the frames of at_file (its sparse "
+               "points, θ, e0 and σ rules are kept; a fit on all the data, for the cost of the new frames)"),
+    Param("checkpoint_interval", to_float, 900.0, check=positive,
+          help="gapfit: seconds between a rank's saves to checkpoint_file"),
+    Param("row_chunk_mb", to_float, 16.0, check=positive,
+          help="gapfit: MiB of descriptor gradients and kernel rows per chunk of K_NM rows (the producer's step)"),
     Param("progress_interval", to_float, 10.0, check=non_negative,
           help="gapfit: seconds between progress reports within a long phase (each also waits for 5% more work)"),
 ])
@@ -375,18 +388,26 @@ def parse_top_level(argv: Sequence[str] = (), option_string: Optional[str] = Non
             if key == "config_file":
                 raise ConfigError(f"config_file '{config_file}' must not itself contain config_file=")
         other = [(k, v) for k, v in pairs if k != "config_file"]
-        values, given = apply_schema(TOP_LEVEL, file_pairs + other, f"in config_file '{config_file}'")
+        values, given = apply_schema(TOP_LEVEL, file_pairs + other, f"in config_file '{config_file}'",
+                                     optional=_optional(file_pairs + other))
         option_string = file_text + ((" " + join_argv([f"{k}={v}" if v is not None else k for k, v in other]))
                                      if other else "")
     else:
-        values, given = apply_schema(TOP_LEVEL, pairs, "on the command line")
+        values, given = apply_schema(TOP_LEVEL, pairs, "on the command line", optional=_optional(pairs))
         option_string = text
     for key, reason in _UNSUPPORTED_TOP_LEVEL.items():
         if key in given:
             raise ConfigError(f"the '{given.key(key)}' key is not supported by gapfit: {reason}")
     opts = TopLevelOptions(values=values, given=given, option_string=option_string)
-    opts.gap_pieces = split_gap_string(values["gap"])
+    opts.gap_pieces = split_gap_string(values["gap"]) if values["gap"] is not None else []
     return opts
+
+
+def _optional(pairs) -> tuple:
+    """An extension (extend_checkpoint=) takes the descriptors and σ of its base fit."""
+    if any(key == "extend_checkpoint" for key, _ in pairs):
+        return ("gap", "default_kernel_regularisation")
+    return ()
 
 
 # --------------------------------------------------------------------------------------

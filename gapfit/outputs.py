@@ -59,6 +59,8 @@ def output_files(opts, specs: Sequence, label: str, n_ranks: int = 1) -> Tuple[L
         exact.append((f"the exported R of {gp_key}", f"{gp_file}.R.{label}"))
     if v["report_file"]:
         exact.append((f"report_file '{v['report_file']}'", v["report_file"]))
+    if v.get("checkpoint_file"):
+        exact.append((f"checkpoint_file '{v['checkpoint_file']}'", v["checkpoint_file"]))
     if v["linear_system_dump_file"]:
         prefix = v["linear_system_dump_file"]
         for rank in range(n_ranks):
@@ -71,7 +73,11 @@ def output_files(opts, specs: Sequence, label: str, n_ranks: int = 1) -> Tuple[L
             index_files[_real(path)] = (f"print_sparse_index '{path}' of gap descriptor {spec.index}", path)
     exact += index_files.values()
     sparse_x = re.escape(_real(gp_file)) + r"\.sparseX\." + re.escape(label) + r"\d+(\.input)?"
-    return exact, [(f"a sparseX file of {gp_key}", sparse_x)]
+    patterns = [(f"a sparseX file of {gp_key}", sparse_x)]
+    if v.get("checkpoint_file"):
+        patterns.append((f"a part of checkpoint_file '{v['checkpoint_file']}'",
+                         re.escape(_real(v["checkpoint_file"])) + r"\.g\d+\.(common|rank\d+)\.npz"))
+    return exact, patterns
 
 
 def _real(path: str) -> str:

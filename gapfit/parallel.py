@@ -167,6 +167,21 @@ class MPIComm:
             self.comm.Scatterv(None, out, root=root)
         return out
 
+    def send_array(self, array, dest, tag=0):
+        """Send a float64 array to one rank (point to point; the receiver knows its shape)."""
+        self.comm.Send(np.ascontiguousarray(array, dtype=np.float64), dest=dest, tag=tag)
+
+    def recv_array(self, shape, source, tag=0):
+        out = np.empty(shape, dtype=np.float64)
+        self.comm.Recv(out, source=source, tag=tag)
+        return out
+
+    def send_obj(self, obj, dest, tag=0):
+        self.comm.send(obj, dest=dest, tag=tag)
+
+    def recv_obj(self, source, tag=0):
+        return self.comm.recv(source=source, tag=tag)
+
     def abort(self, code=1):
         sys.stdout.flush()
         sys.stderr.flush()

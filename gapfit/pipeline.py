@@ -26,12 +26,13 @@ from ase.data import chemical_symbols
 
 from . import __version__
 from .candidates import sparse_points
+from .checkpoint import CheckpointRun, StopRequest
 from .core import load_core, parse_ip_args, read_param_file
-from .covariance import Coordinate, k_mm
-from .data import (SigmaTable, TargetNames, assign_frames, compute_e0, distribute, frame_labels, frame_rows,
+from .covariance import Coordinate
+from .data import (SigmaTable, TargetNames, assign_frames, compute_e0, frame_labels, frame_rows,
                    species_in_order, unused_target_warnings)
 from .dryrun import memory_estimate
-from .errors import ConfigError, DataError, NumericalError
+from .errors import ConfigError, DataError
 from .gap_xml import CoordinateModel, GapModel, check_writable, make_label, write_model
 from .heap import keep_freed_blocks, release_freed_memory
 from .kernels import make_kernel
@@ -40,8 +41,8 @@ from .options import TOP_LEVEL, TopLevelOptions, expand_species, parse_gap_piece
 from .outputs import input_files, output_files, refuse_clobbering
 from .parallel import SerialComm, rank0_call, rank0_only
 from .report import Reporter, human_bytes
-from .rows import DenseRows, kernel_row_chunks
-from .sparsify import make_rng, parse_config_type_n_sparse
+from .linear_system import FitContext, choose_path, solve
+from .sparsify import SparseChoice, make_rng, parse_config_type_n_sparse
 
 
 @dataclass
@@ -58,11 +59,20 @@ class FitResult:
     files: List[str] = field(default_factory=list)
 
 
-def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, write=True) -> FitResult:
+def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, write=True,
+            extends: Optional[dict] = None) -> FitResult:
     """Run the whole fit (every rank calls this); returns the result on every rank.
 
-    With ``write=False`` no file is written (the model is returned in memory).
+    With ``write=False`` no file is written (the model is returned in memory).  ``extends``: the
+    manifest of a finished fit's checkpoint whose factor the frames of ``source`` extend (the
+    options then come from :func:`gapfit.checkpoint.extension_options`).  With a
+    ``checkpoint_file``, SIGTERM and SIGUSR1 are caught for the whole fit (a checkpoint, then exit).
     """
+    with StopRequest(active=bool(opts.values["checkpoint_file"])) as stop:
+        return _run_fit(opts, source, comm, stream, quiet, write, extends, stop)
+
+
+def _run_fit(opts, source, comm, stream, quiet, write, extends, stop) -> FitResult:
     comm = comm if comm is not None else SerialComm()
     keep_freed_blocks()  # the chunked phases reuse their large temporaries (gapfit.heap)
     v = opts.values
@@ -107,7 +117,7 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
     entries, species, e0, e0_how, labels, warnings = prep
     for text in warnings:
         log.warn(text)
-    gaps = expand_species(specs, species)
+    gaps = expand_species(specs, species) if extends is None else _base_coordinates(extends, species)
     coords = [Coordinate(spec=g, descriptor=g.make_descriptor()) for g in gaps]
     max_cutoff = max(c.descriptor.cutoff for c in coords)
     log(f"Species (order of first appearance): {' '.join(chemical_symbols[z] for z in species)}")
@@ -140,14 +150,33 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
         log("dryrun=T: stopping before the fit")
         return FitResult(model=None, alpha=[], sparse_x=[], sparse_cutoff=[], sparse_index=[], e0=e0)
 
+    # -- a checkpoint of this fit: resume from it (sparse points, θ, e0 and folded frames) --
+    run = None
+    if v["checkpoint_file"] or extends is not None:
+        if v["linear_solver"] == "dense" or sparsify_only:
+            raise ConfigError("checkpoint_file and extend_checkpoint need the streaming solver: give "
+                              "linear_solver=streaming (or auto)" + (" and no sparsify_only_no_fit" if sparsify_only
+                                                                     else ""))
+        data_path = getattr(source, "path", None)
+        if v["checkpoint_file"]:
+            run = CheckpointRun.open(comm, opts, data_path, core_text, stop)
+        if extends is not None and (run is None or not run.resuming):
+            run = CheckpointRun.extension(comm, opts, extends, data_path, core_text, stop)
+        if run.resuming:
+            log(run.describe())
+            e0 = np.asarray(run.common["e0"], dtype=float)
+
     rng, seed = make_rng(v["rnd_seed"])
     log(f"Random seed = {seed}")
 
     # -- sparse points -----------------------------------------------------------------
-    with log.phase("Sparse points"):
-        choices, thetas = sparse_points(comm, log, source, entries, labels, my_frames, coords, config_type_names,
-                                         max_cutoff, rng, v)
-    coords, choices, thetas = _without_empty(log, coords, choices, thetas)
+    if run is not None and run.resuming:
+        coords, choices, thetas = _saved_sparse_points(coords, run.common, opts.values["checkpoint_file"])
+    else:
+        with log.phase("Sparse points"):
+            choices, thetas = sparse_points(comm, log, source, entries, labels, my_frames, coords,
+                                             config_type_names, max_cutoff, rng, v)
+        coords, choices, thetas = _without_empty(log, coords, choices, thetas)
     column = 0
     for c, choice, theta in zip(coords, choices, thetas):
         gp = c.spec.gp
@@ -157,6 +186,7 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
         except ValueError as exc:  # a θ the permutations do not leave alone (gap_fit: K_MM fails to factorise)
             raise ConfigError(f"{c.spec.where}: {exc}: give theta_uniform or a single theta_fac value") from None
         c.sparse_cutoff = np.asarray(choice.cutoff, dtype=float)
+        c.sparse_index = choice.index
         c.column = column
         column += c.n_sparse
     n_sparse = column
@@ -184,57 +214,13 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
                          sparse_index=[ch.index for ch in choices], e0=e0, timings=log.timing_summary(), files=files)
 
     # -- the linear system -------------------------------------------------------------
-    dist = distribute(frame_rows_count, comm.size, n_sparse, owner=owner)
-    if comm.size == 1:
-        n_local = int(frame_rows_count.sum()) + n_sparse
-        mb = nb = 0
-    else:
-        mb, nb, n_local = block_sizes(dist.unified_rows, n_sparse, v["mpi_blocksize_rows"], v["mpi_blocksize_cols"])
-    n_data_local = int(dist.data_rows[comm.rank])
-    if comm.size > 1:
-        from .solvers.scalapack import scalapack_info
-        log(scalapack_info(comm, mb, nb)["text"])
-        log(f"  rows per rank: {', '.join(str(int(r)) for r in dist.data_rows)} data + "
-            f"{', '.join(str(int(u)) for u in dist.u_count)} of U, padded to {n_local}")
-    log(f"Linear system: {int(frame_rows_count.sum())} target rows + {n_sparse} rows of U, {n_sparse} columns; "
-        f"A needs {human_bytes(8.0 * n_local * n_sparse)} per rank")
-    try:
-        a_local = np.zeros((n_local, n_sparse), order="F")
-    except MemoryError:
-        raise NumericalError(f"cannot allocate A ({n_local}x{n_sparse}, {human_bytes(8.0 * n_local * n_sparse)}): "
-                             f"use more MPI ranks or fewer sparse points") from None
-    b_local = np.zeros(n_local)
-
+    ctx = FitContext(comm=comm, log=log, source=source, entries=entries, owner=owner, frame_rows=frame_rows_count,
+                     coords=coords, names=names, sigmas=sigmas, e0=e0, values=v, max_cutoff=max_cutoff, core=core,
+                     species=list(extends["species"]) if extends is not None else species)
+    path = "streaming" if run is not None else choose_path(v, int(frame_rows_count.sum()), n_sparse, comm.size, log)
     stats: Dict[str, float] = {}
-    with log.phase("Covariance K_NM (descriptors and kernel rows)"):
-        sink = DenseRows(a_local, b_local)
-        for k, y, sigma in kernel_row_chunks(source, entries, my_frames, coords, names, sigmas, e0,
-                                             v["kernel_regularisation_is_per_atom"], max_cutoff, n_sparse, log,
-                                             stats, n_data_local, core):
-            sink.add(k, y, sigma)
-        filled = sink.rows
-    log(f"   of which descriptors {stats['descriptor_seconds']:.2f} s, kernel rows {stats['kernel_seconds']:.2f} s "
-        f"({stats['gemm_flops'] / 1e9:.1f} GFLOP in matrix products, "
-        f"{stats['gemm_flops'] / 1e9 / max(stats['kernel_seconds'], 1e-9):.1f} GFLOP/s) on rank {comm.rank}")
-    if filled != n_data_local:
-        raise DataError(f"internal inconsistency: {filled} rows built, {n_data_local} expected")
-    if v["linear_system_dump_file"]:
-        _dump(v["linear_system_dump_file"], comm, a_local[:filled], b_local[:filled])
-
-    with log.phase("K_MM and its Cholesky factor"):
-        u = rank0_only(comm, _cholesky, coords, v["sparse_jitter"])
-        if comm.size == 1:
-            a_local[filled:filled + n_sparse] = u
-        else:
-            rows = comm.scatter_rows(u if comm.rank == 0 else None, dist.u_count, root=0)
-            a_local[filled:filled + rows.shape[0]] = rows
-        del u
-
-    with log.phase("Solving by QR" + (" (ScaLAPACK)" if comm.size > 1 else " (LAPACK)")):
-        with log.heartbeat("QR", rank0_call(comm, _qr_estimate, int(frame_rows_count.sum()) + n_sparse, n_sparse,
-                                            comm.size)):
-            alpha, r = _solve(comm, log, a_local, b_local, n_sparse, mb, nb, v)
-    del a_local
+    solution = solve(ctx, path, stats, run)
+    alpha, r = solution.alpha, solution.r
 
     alphas = [alpha[c.column:c.column + c.n_sparse] for c in coords]
     model = _model(label, e0, coords, alphas, opts, xyz_lines, fitted=True, core_text=core_text)
@@ -245,18 +231,44 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
             if v["export_covariance"] and r is not None:
                 files += rank0_call(comm, _write_r, r, gp_file, label)
     _report_files(log, files)
-    log.rank_table({"target rows": float(n_data_local), "local rows of A": float(n_local),
-                    "A bytes": 8.0 * n_local * n_sparse, "gemm GFLOP": stats["gemm_flops"] / 1e9,
+    log.rank_table({**solution.table, "gemm GFLOP": stats["gemm_flops"] / 1e9,
                     "descriptor s": stats["descriptor_seconds"], "kernel rows s": stats["kernel_seconds"]})
     if v["report_file"]:
         report = log.json_report()
-        report.update(version=__version__, n_sparse=n_sparse, target_rows=int(frame_rows_count.sum()),
-                      block_sizes={"mb": mb, "nb": nb, "local_rows": n_local}, files=files,
-                      coordinates=[{"descriptor": " ".join(c.spec.piece.split()), "n_sparse": c.n_sparse} for c in coords])
+        report.update(version=__version__, n_sparse=n_sparse, target_rows=int(frame_rows_count.sum()), files=files,
+                      coordinates=[{"descriptor": " ".join(c.spec.piece.split()), "n_sparse": c.n_sparse} for c in coords],
+                      **solution.report)
         rank0_call(comm, _write_json, v["report_file"], report)
     return FitResult(model=model, alpha=alphas, sparse_x=[c.kernel.sparse_x for c in coords],
                      sparse_cutoff=[c.sparse_cutoff for c in coords], sparse_index=[ch.index for ch in choices],
                      e0=e0, timings=log.timing_summary(), files=files)
+
+
+def _base_coordinates(extends, species):
+    """An extension's coordinates: the base fit's (expanded) descriptors; no new species."""
+    base_species = [int(z) for z in extends["species"]]
+    new = [z for z in species if z not in base_species]
+    if new:
+        raise DataError(f"the new data contain {', '.join(chemical_symbols[z] for z in new)}, which the fit of "
+                        f"extend_checkpoint '{extends['path']}' has no descriptors for")
+    return [parse_gap_piece(piece, k + 1) for k, piece in enumerate(extends["pieces"])]
+
+
+def _saved_sparse_points(coords, common, path):
+    """The sparse points, cutoffs, indices and θ a checkpoint saved, matched to the coordinates by descriptor."""
+    pieces = [str(p) for p in common["pieces"]]
+    by_piece = {" ".join(c.spec.piece.split()): c for c in coords}
+    missing = [p for p in pieces if p not in by_piece]
+    if missing:
+        raise ConfigError(f"checkpoint_file '{path}' has sparse points of a descriptor this fit does not have: "
+                          f"'{missing[0]}'")
+    kept, choices, thetas = [], [], []
+    for k, piece in enumerate(pieces):
+        index = common[f"index{k}"]
+        choices.append(SparseChoice(common[f"x{k}"], common[f"cutoff{k}"], index if index.size else None))
+        thetas.append(common[f"theta{k}"] if common[f"theta{k}"].size else None)
+        kept.append(by_piece[piece])
+    return kept, choices, thetas
 
 
 def _without_empty(log, coords, choices, thetas):
@@ -280,14 +292,6 @@ def _without_empty(log, coords, choices, thetas):
                      f"is left out of the model")
     keep = [k for k, e in enumerate(empty) if not e]
     return [coords[k] for k in keep], [choices[k] for k in keep], [thetas[k] for k in keep]
-
-
-def block_sizes(unified_rows: int, n_sparse: int, mb: int, nb: int):
-    """gap_fit's ScaLAPACK blocks: mb (0 → all local rows), nb (0 → M); local rows padded to a multiple of mb."""
-    mb = mb or max(unified_rows, 1)
-    nb = nb or n_sparse
-    n_local = -(-max(unified_rows, 1) // mb) * mb
-    return mb, nb, n_local
 
 
 def _banner(log: Reporter, opts: TopLevelOptions, comm, blas_info: str):
@@ -395,41 +399,6 @@ def _targets_table(log, names, labels, sigmas, v):
         + ("are scaled by sqrt(N_atoms)" if v["kernel_regularisation_is_per_atom"] else "are absolute"))
 
 
-def _cholesky(coords, jitter):
-    from .solvers.serial import cholesky_upper
-    return cholesky_upper(k_mm(coords, jitter), jitter)
-
-
-def _qr_estimate(n_rows, n_cols, n_ranks):
-    """(seconds, how) the QR should take, from a small dgeqrf sample; None for a short QR."""
-    from .solvers.serial import qr_flops, sampled_qr_rate
-    flops = qr_flops(n_rows, n_cols)
-    if flops < 2e10:  # a few seconds at most: no heartbeat will print
-        return None
-    rate = sampled_qr_rate(n_cols)
-    per_rank = " per rank" if n_ranks > 1 else ""
-    return flops / (rate * n_ranks), f"estimated: {flops:.2g} flops at {rate / 1e9:.0f} GFLOP/s{per_rank}"
-
-
-def _solve(comm, log, a_local, b_local, n_sparse, mb, nb, v):
-    if comm.size == 1:
-        from .solvers.serial import qr_solve
-        alpha, r = qr_solve(a_local, b_local)
-        norm = v["condition_number_norm"].strip()
-        if norm:
-            from scipy.linalg import lapack
-            rcond, info = lapack.dtrcon(r, norm=norm.upper(), uplo="U")
-            log(f"Condition number (log10) of the triangular factor R (norm {norm.upper()}): {-np.log10(rcond):.4f}")
-        return alpha, (r if v["export_covariance"] else None)
-    from .solvers.scalapack import qr_solve as sl_qr_solve
-    if v["condition_number_norm"].strip():
-        log("warning: condition_number_norm is not computed with MPI (as in gap_fit)")
-    out = sl_qr_solve(comm, a_local, b_local, n_sparse, mb, nb, return_r=v["export_covariance"])
-    if v["export_covariance"]:
-        return out
-    return out, None
-
-
 def _model(label, e0, coords, alphas, opts, xyz_lines, fitted, core_text=None):
     cms = []
     for c, alpha in zip(coords, alphas):
@@ -449,11 +418,6 @@ def _write_r(r, gp_file, label):
     path = f"{gp_file}.R.{label}"
     write_files_atomically({path: array_file_bytes(np.triu(r).reshape(-1, order="F"))})
     return [path]
-
-
-def _dump(prefix, comm, k_rows, b_rows):
-    np.savetxt(f"{prefix}.A.{comm.rank}", k_rows)
-    np.savetxt(f"{prefix}.b.{comm.rank}", b_rows)
 
 
 def _write_json(path, data):

@@ -28,8 +28,10 @@ CHUNK_BYTES = 16 * 1024 ** 2
 
 
 def kernel_row_chunks(source, entries, my_frames, coords, names, sigmas, e0, sigma_per_atom, max_cutoff, n_columns,
-                      log, stats, n_rows, core=None) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield ``(k, y, sigma)`` for consecutive frames of ``my_frames``: K_NM rows (unscaled), targets, σ.
+                      log, stats, n_rows, core=None, chunk_bytes: float = CHUNK_BYTES) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray, list]]:
+    """Yield ``(k, y, sigma, frames)`` for consecutive frames of ``my_frames``: K_NM rows (unscaled), targets,
+    σ, and the indices of the frames they belong to.  A chunk ends at a frame boundary once its
+    descriptor gradients and K rows take ``chunk_bytes`` (a bigger frame is split by centre atom).
 
     The targets are net of the ``core`` potential, if any.  ``stats`` collects descriptor and
     kernel seconds and GEMM flops; rank 0's progress over its ``n_rows`` rows goes to ``log``.
@@ -38,7 +40,7 @@ def kernel_row_chunks(source, entries, my_frames, coords, names, sigmas, e0, sig
         # test hook: a failure on one rank only (tests/test_mpi.py checks the job aborts cleanly)
         raise DataError("injected failure on this rank (GAPFIT_INJECT_FAILURE_RANK)")
     stats.update(gemm_flops=0.0, descriptor_seconds=0.0, kernel_seconds=0.0)
-    pending = []  # (frame rows, values per coordinate, n_atoms)
+    pending = []  # (frame rows, values per coordinate, n_atoms, frame index)
     pending_bytes = 0.0
     done_rows = pending_rows = chunks = 0
 
@@ -59,7 +61,8 @@ def kernel_row_chunks(source, entries, my_frames, coords, names, sigmas, e0, sig
         nonlocal pending_bytes, pending_rows, done_rows, chunks
         rows = [p[0] for p in pending]
         k = kernel_rows([p[1] for p in pending], rows, [p[2] for p in pending])
-        chunk = (k, np.concatenate([r.y for r in rows]), np.concatenate([r.sigma for r in rows]))
+        chunk = (k, np.concatenate([r.y for r in rows]), np.concatenate([r.sigma for r in rows]),
+                 [p[3] for p in pending])
         pending.clear()
         done_rows += pending_rows
         pending_bytes, pending_rows = 0.0, 0
@@ -76,26 +79,26 @@ def kernel_row_chunks(source, entries, my_frames, coords, names, sigmas, e0, sig
             grad = bool(fr.force_atoms.size) or fr.has_virial
             nl = neighbour_list(frame.positions, frame.cell, frame.pbc, max_cutoff)
             per_atom = _bytes_per_atom(coords, frame, nl, grad)
-            if per_atom is not None and per_atom.sum() > CHUNK_BYTES:
+            if per_atom is not None and per_atom.sum() > chunk_bytes:
                 # a frame too big for one chunk: its instances in pieces (by centre atom); the K rows
                 # are sums over instances, so the pieces' rows add up to the frame's
                 if pending:
                     yield take_pending()
                 k = np.zeros((fr.y.size, n_columns))
-                for atoms in _atom_groups(per_atom, CHUNK_BYTES):
+                for atoms in _atom_groups(per_atom, chunk_bytes):
                     k += kernel_rows([describe(frame, nl, grad, atoms)], [fr], [len(frame)])
                 done_rows += fr.y.size
-                yield k, fr.y, fr.sigma
+                yield k, fr.y, fr.sigma, [frame.index]
                 continue
             values = describe(frame, nl, grad)
-            pending.append((fr, values, len(frame)))
+            pending.append((fr, values, len(frame), frame.index))
             pending_rows += fr.y.size
             pending_bytes += 8.0 * fr.y.size * n_columns  # the chunk's K rows
             if per_atom is not None:
                 pending_bytes += per_atom.sum()
             else:  # descriptor values + the kernel matrices k(x, s) of their instances
                 pending_bytes += sum(val.nbytes + 4 * 8 * val.n_desc * c.n_sparse for val, c in zip(values, coords))
-            if pending_bytes > CHUNK_BYTES:
+            if pending_bytes > chunk_bytes:
                 yield take_pending()
         if pending:
             yield take_pending()

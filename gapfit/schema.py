@@ -178,7 +178,7 @@ class GivenKeys(dict):
 
 
 def apply_schema(schema: Schema, pairs: Sequence[Tuple[str, Optional[str]]], where: str,
-                 extra_known: Sequence[str] = ()) -> Tuple[Dict[str, Any], GivenKeys]:
+                 extra_known: Sequence[str] = (), optional: Sequence[str] = ()) -> Tuple[Dict[str, Any], GivenKeys]:
     """Convert ``pairs`` with ``schema``; unknown keys are errors.
 
     Returns ``(values, given)``: typed values for every parameter (defaults
@@ -211,7 +211,7 @@ def apply_schema(schema: Schema, pairs: Sequence[Tuple[str, Optional[str]]], whe
                     raise ConfigError(f"the '{typed}' key {where} must be {problem}; got {text!r}")
             values[param.name] = value
         else:
-            if param.mandatory:
+            if param.mandatory and param.name not in optional:
                 alias = f" (or '{param.aliases[0]}')" if param.aliases else ""
                 raise ConfigError(f"missing mandatory key '{param.name}'{alias} {where}")
             values[param.name] = param.default

@@ -12,6 +12,7 @@ fill of ``uniform``) choose different, equally valid points.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -60,7 +61,8 @@ def select_uniform(x: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarra
         n_bins = n_grid ** d
         members: Dict[int, np.ndarray] = {}
         taken: Dict[int, int] = {}
-        chosen_set = set(chosen)
+        is_chosen = np.zeros(n, dtype=bool)
+        is_chosen[chosen] = True
         for c in chosen:
             taken[int(flat[c])] = taken.get(int(flat[c]), 0) + 1
         uniform = getattr(rng, "quip_uniform", None) or (lambda: float(rng.random()))
@@ -70,14 +72,34 @@ def select_uniform(x: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarra
                 members[b] = np.nonzero(flat == b)[0]
             if members[b].size == 0 or taken.get(b, 0) == members[b].size:
                 continue
-            while True:
-                i = int(np.ceil(uniform() * n)) - 1
-                if flat[i] == b and i not in chosen_set:
-                    break
+            i = _first_draw(rng, n, lambda idx: (flat[idx] == b) & ~is_chosen[idx])
             chosen.append(i)
-            chosen_set.add(i)
+            is_chosen[i] = True
             taken[b] = taken.get(b, 0) + 1
     return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def _first_draw(rng, n: int, accept) -> int:
+    """The first random candidate index (⌈u n⌉ − 1) that ``accept`` takes, drawing one by one.
+
+    QUIP's stream is drawn in batches and then advanced by exactly the draws used, so a rare
+    bin costs a few array operations instead of thousands of Python calls.
+    """
+    if not hasattr(rng, "quip_peek"):
+        while True:
+            i = int(np.ceil(float(rng.random()) * n)) - 1
+            if accept(np.array([i]))[0]:
+                return i
+    batch = 64
+    while True:
+        idx = np.ceil(rng.quip_peek(batch) * n).astype(np.int64) - 1
+        ok = accept(idx)
+        if ok.any():
+            j = int(np.argmax(ok))
+            rng.quip_skip(j + 1)
+            return int(idx[j])
+        rng.quip_skip(batch)
+        batch = min(4 * batch, 1 << 20)
 
 
 def select_random(n: int, m: int, rng) -> np.ndarray:
@@ -192,7 +214,7 @@ def choose_sparse_points(spec, x: Optional[np.ndarray], cutoff: Optional[np.ndar
                 f"using {n_x}")
             m = n_x
         pool = np.nonzero(candidate)[0]
-        groups.append(pool[selector(x[pool], m, rng)])
+        groups.append(pool[selector(x if pool.size == n_all else x[pool], m, rng)])  # no copy if all distinct
     else:
         per_type = parse_config_type_n_sparse(gp["config_type_n_sparse"], where)
         for name, m in per_type.items():
@@ -272,12 +294,8 @@ class QuipRandom:
         if n == 0:
             return np.zeros(0)
         # x_k = x_0 A^k mod M, vectorised in blocks (products stay below 2^62)
-        block = 1024
-        powers = np.empty(block, dtype=np.int64)
-        p = 1
-        for i in range(block):
-            p = (p * self.A) % self.M
-            powers[i] = p  # A^(i+1)
+        powers = QuipRandom._powers()
+        block = powers.size
         a_block = int(powers[-1])
         out = np.empty(n, dtype=np.int64)
         x = self.idum
@@ -287,6 +305,28 @@ class QuipRandom:
             x = (x * a_block) % self.M
         self.idum = int(out[-1])
         return out / self.M
+
+    @staticmethod
+    @functools.lru_cache(maxsize=1)
+    def _powers(block: int = 1024) -> np.ndarray:
+        """A^1 ... A^block mod M."""
+        powers = np.empty(block, dtype=np.int64)
+        p = 1
+        for i in range(block):
+            p = (p * QuipRandom.A) % QuipRandom.M
+            powers[i] = p
+        return powers
+
+    def quip_peek(self, n: int) -> np.ndarray:
+        """The next ``n`` values of :meth:`quip_uniform` without drawing them."""
+        idum = self.idum
+        values = self.quip_uniform(n)
+        self.idum = idum
+        return values
+
+    def quip_skip(self, n: int) -> None:
+        """Advance the stream by ``n`` draws."""
+        self.idum = (self.idum * pow(self.A, int(n), self.M)) % self.M
 
     def __getattr__(self, name):
         return getattr(self.numpy, name)

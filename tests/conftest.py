@@ -63,6 +63,33 @@ def prediction_differences(xml_a, xml_b, frames):
     return de, df
 
 
+def same_sparse_points(xml, *drop):
+    """A config file for fits with the sparse points of ``xml`` (sparse_method=file; gapfit's two-step helper)."""
+    from gapfit.two_step import prepare_second_run
+    _, cfg = prepare_second_run(str(xml))
+    lines = [line for line in open(cfg).read().splitlines() if not line.split("=")[0] in drop]
+    with open(cfg, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return os.path.basename(cfg)
+
+
+def ulp_copy(src, dst, seed=7):
+    """``src`` with every position moved by ±1 ulp (species x y z ... lines), written in full precision."""
+    rng = np.random.default_rng(seed)
+    lines = src.read_text().splitlines()
+    out, k = [], 0
+    while k < len(lines):
+        n = int(lines[k])
+        out += lines[k:k + 2]
+        for line in lines[k + 2:k + 2 + n]:
+            f = line.split()
+            pos = np.array(f[1:4], dtype=float)
+            pos = np.nextafter(pos, pos + rng.choice([-1.0, 1.0], size=3) * np.inf)
+            out.append(" ".join([f[0], *map(repr, pos.tolist()), *f[4:]]))
+        k += 2 + n
+    dst.write_text("\n".join(out) + "\n")
+
+
 def mpi_env(threads: int = 1):
     """Environment for subprocesses that run gapfit under (or without) mpirun, as root too."""
     env = dict(os.environ)
@@ -148,19 +175,30 @@ def slurm_job_state(job, env):
     return fields.get("JobState", "UNKNOWN"), fields.get("Reason", "")
 
 
-def wait_for_slurm_job(job, env, state_dir, pending_limit=30.0, run_limit=300.0):
+def wait_for_slurm_job(job, env, state_dir, pending_limit=30.0, run_limit=300.0, requeue_release=False):
     """Wait for a job to end; fail within seconds, with slurmctld's reason, if it cannot start.
 
     On an idle single-node cluster a job starts at once: one still pending after ``pending_limit``
-    seconds never will (e.g. a node configured with fewer CPUs than the job asks for).
+    seconds never will (e.g. a node configured with fewer CPUs than the job asks for).  With
+    ``requeue_release`` a requeued job is waited for too, and the begin time slurmctld gives it
+    (a delay before it may start again) is moved to now, a few seconds after the requeue.
     """
-    start = time.monotonic()
+    start = pending_since = time.monotonic()
+    waiting = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING") + (("REQUEUED",) if requeue_release else ())
     while True:
         state, reason = slurm_job_state(job, env)
-        waited = time.monotonic() - start
-        if state not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING"):
+        now = time.monotonic()
+        waited = now - start
+        if state not in waiting:
             return state, reason
-        if (state == "PENDING" and waited > pending_limit) or waited > run_limit:
+        if state != "PENDING":
+            pending_since = now
+        elif requeue_release and reason == "BeginTime" and now - pending_since > 3.0:
+            # not at once: slurmd refuses a credential issued in the same second as the one the
+            # requeue revoked ("Job credential revoked"); slurmctld's own delay is minutes
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, capture_output=True,
+                           timeout=30)
+        if (state == "PENDING" and now - pending_since > pending_limit) or waited > run_limit:
             subprocess.run(["scancel", job], env=env, capture_output=True, timeout=30)
             log = (state_dir / "slurmctld.log").read_text(errors="replace").splitlines()[-15:]
             nodes = subprocess.run(["sinfo", "-N", "-o", "%N %T %c %E"], env=env, capture_output=True,

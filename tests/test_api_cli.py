@@ -208,5 +208,6 @@ def test_dryrun_estimates_memory_and_writes_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "Memory estimate" in out and "descriptor gradients of the whole data set" in out
-    assert "smallest P that fits this machine: 1" in out
+    assert "smallest P for the dense path on this machine: 1" in out  # both paths' memory (issue 9)
+    assert "the streaming path fits this machine on one process" in out
     assert not list(tmp_path.glob("gp.xml*"))

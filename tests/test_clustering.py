@@ -149,9 +149,14 @@ def test_cur_leverage_scores():
     v = vt.T
     r = int(np.sum(s > 1e-13)) // 2
     expect = np.minimum(7 / r * np.sum(v[:, :r] ** 2, axis=1), 1.0)
-    ul, sl = cl._economy_svd_left(x)
-    np.testing.assert_allclose(sl, s, rtol=1e-12)
-    np.testing.assert_allclose(cl.cur_leverage(ul, sl, 7), expect, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(cl.cur_leverage(v, s, 7), expect, rtol=1e-12, atol=1e-15)
+    # the low-memory route (QR of x folded block by block, SVD of its d×d factor) gives the same
+    np.testing.assert_allclose(cl.descriptor_leverage(x, 7), expect, rtol=1e-10, atol=1e-14)
+    tall = _data(n=5000, d=10)  # several folded blocks
+    _, s, vt = np.linalg.svd(tall.T, full_matrices=False)
+    r = int(np.sum(s > 1e-13)) // 2
+    expect = np.minimum(7 / r * np.sum(vt.T[:, :r] ** 2, axis=1), 1.0)
+    np.testing.assert_allclose(cl.descriptor_leverage(tall, 7), expect, rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.parametrize("extra", [0, 3])
@@ -210,8 +215,8 @@ def test_cur_points_explains_gap_fits_choice(quippy, quip_data):
     gap_index = np.array([pool_member[label] for label in labels[gap_index]])
     assert np.unique(gap_index).size == m
     x = x_all[pool]
-    u, s = cl._economy_svd_left(x)
-    p = cl.cur_leverage(u, s, m)
+    _, s, vt = np.linalg.svd(x.T, full_matrices=False)  # gap_fit's d×n matrix: v = right vectors
+    p = cl.cur_leverage(vt.T, s, m)
     gap_chosen = np.isin(pool, gap_index)
     # under the algorithm a candidate is chosen with probability increasing in p
     assert p[gap_chosen].mean() > 1.8 * p[~gap_chosen].mean()

@@ -30,7 +30,9 @@ GLUE_FILES = {  # file, label, species of the random structures
 def _random_frame(rng, species, min_distance=1.0):
     n = int(rng.integers(2, 14))
     cell = np.diag(rng.uniform(3.0, 7.0, 3)) + np.triu(rng.uniform(-1.5, 1.5, (3, 3)), 1)
-    for _ in range(500):
+    for attempt in range(500):
+        if attempt and attempt % 50 == 0 and n > 2:  # too crowded for this cell: one atom fewer
+            n -= 1
         positions = rng.random((n, 3)) @ cell + rng.normal(0, 0.5, (n, 3))  # some outside the cell
         atoms = Atoms(numbers=rng.choice(species, n), positions=positions, cell=cell, pbc=True)
         d = atoms.get_all_distances(mic=True)

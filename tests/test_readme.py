@@ -96,6 +96,6 @@ def test_readme_blocks_run(checkout, local_slurm):
         ran.append(what)
     assert len(ran) >= 5, ran
     # what the blocks wrote
-    for name in ("gp.xml", "gp_mpi.xml", "sparse/gp.xml", "sparse/gp.xml.fit.cfg", "gp_api.xml"):
+    for name in ("gp.xml", "gp_mpi.xml", "sparse/gp.xml", "sparse/gp.xml.fit.cfg", "gp_api.xml", "gp_all.xml"):
         assert (checkout / name).exists(), name
     assert len(read_model(str(checkout / "gp_mpi.xml")).coordinates) == 2

@@ -114,6 +114,18 @@ def test_heap_sort_order_sorts_and_is_deterministic():
     assert np.array_equal(order, quip_heap_sort_order(keys))
 
 
+def test_compiled_heap_sort_keeps_the_tie_order():
+    """The compiled sort (numba) and the Python one put ties in the same (QUIP's) order."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(1)
+    for n in (2, 7, 500, 30000):
+        keys = np.round(rng.random(n) * max(n // 5, 1))  # many ties
+        python, compiled = quip_heap_sort_order(keys, compiled=False), quip_heap_sort_order(keys, compiled=True)
+        assert np.array_equal(python, compiled), n
+        # ties are not in index order (the reason the sort is QUIP's own, not NumPy's)
+        assert not np.array_equal(compiled, np.argsort(keys, kind="stable")) or n < 7
+
+
 def test_unique_mask_drops_earlier_duplicate_in_sorted_order():
     x = np.array([[1.0], [2.0], [1.0], [3.0], [1.0 + 1e-12]])
     keep = unique_mask(x, np.ones(5, dtype=bool), 1e-10, 1e-10)
