@@ -109,6 +109,15 @@ CASES = {
         "every": 8,  # every 8th training frame (and the isolated atom): gap_fit holds all soap gradients
         "test_data": "../shared/data/ni_acclab/ni-test.xyz",
     },
+    "wbe": {
+        "about": "W-Be (25,422 frames, 531,642 atoms, E+F): 2b per pair + soap l4 n8, 1000 CUR points per species; "
+                 "A would need ~26 GB: gapfit streaming, serially (issue 9; run with --skip-gap-fit)",
+        "data": "../shared/data/wbe_snap/WBe_train.xyz",
+        "options": "e0_method=average energy_parameter_name=energy force_parameter_name=forces "
+                   "default_sigma={0.002 0.1 0.05 0.0} sparse_jitter=1.0e-8 gap={" + D2B  # add_species: 3 pairs
+                   + " : soap l_max=4 n_max=8 atom_sigma=0.5 zeta=2 cutoff=5.0 cutoff_transition_width=0.5 "
+                     "central_weight=1.0 n_sparse=1000 delta=0.1 covariance_type=dot_product sparse_method=cur_points}",
+    },
     "inp_paper": {
         "about": "InP-paper: the Ta-soap options on InP (gap_fit needs ~82 GB here) (issue 3)",
         "data": "../shared/data/inp_snap/InP_snap_train.xyz",

@@ -17,6 +17,7 @@ from .neighbours import neighbour_list
 from .options import split_fields
 from .parallel import rank0_call
 from .sparsify import SparseChoice, choose_sparse_points
+from .spill import RowSpill
 
 # sparse methods that choose among the data's descriptor instances (not file)
 CANDIDATE_METHODS = ("random", "uniform", "none", "index_file", "cur_points", "cur_covariance", "pivot",
@@ -65,7 +66,9 @@ def _stack(parts: list, width: Optional[int], dtype=float) -> np.ndarray:
 def _compute_candidates(comm, log, source, entries, labels, my_frames, coords, group, config_type_names,
                         max_cutoff, note):
     """This rank's candidates of the coordinates in ``group``: {k: (x, cutoff, config type, [(frame, count)])}."""
-    parts = {k: ([], [], [], []) for k in group}
+    # a high-dimensional coordinate's values go to a temporary file as they come (gapfit.spill)
+    parts = {k: (RowSpill(coords[k].descriptor.dimensions) if coords[k].descriptor.dimensions > OWN_PASS_DIMENSIONS
+                 else [], [], [], []) for k in group}
     progress = log.progress(f"candidate descriptors{note}", max(len(my_frames), 1), unit="frames",
                             note=" (rank 0's share)" if comm.size > 1 else "")
     for done, frame in enumerate(source.read([entries[f] for f in my_frames])):
@@ -74,12 +77,13 @@ def _compute_candidates(comm, log, source, entries, labels, my_frames, coords, g
         ct = config_type_index(labels[frame.index].config_type, config_type_names)
         for k in group:
             vals = coords[k].descriptor.calc(frame, nl, grad=False)
-            parts[k][0].append(vals.x)
+            parts[k][0].append(vals.x)  # a list, or a RowSpill
             parts[k][1].append(vals.cutoff)
             parts[k][2].append(np.full(vals.n_desc, ct, dtype=np.int64))
             parts[k][3].append((frame.index, vals.n_desc))
     progress.close()
-    return {k: (_stack(xs, coords[k].descriptor.dimensions), _stack(cs, None), _stack(ts, None, np.int64), fc)
+    return {k: (xs.array() if isinstance(xs, RowSpill) else _stack(xs, coords[k].descriptor.dimensions),
+                _stack(cs, None), _stack(ts, None, np.int64), fc)
             for k, (xs, cs, ts, fc) in parts.items()}
 
 

@@ -13,6 +13,8 @@ from typing import Optional
 
 import numpy as np
 
+from .spill import drop_pages
+
 
 def _heap_sort(a, idx, sift_down):
     """QUIP's heap_sort of ``a[1:]`` carrying ``idx`` (1-based arrays, slot 0 unused), in place."""
@@ -44,17 +46,12 @@ try:  # the sort is sequential by nature: compiled it takes ~0.1 µs an element,
 except ImportError:  # pragma: no cover - numba is a dependency; pure Python gives the same order
     numba = None
 if numba is not None:
+    # the same two functions, compiled (the sift-down is passed in as a compiled function)
     _sift_down_compiled = numba.njit(cache=True, nogil=True)(_sift_down)
+    _heap_sort_jit = numba.njit(cache=True, nogil=True)(_heap_sort)
 
-    @numba.njit(cache=True, nogil=True)
     def _heap_sort_compiled(a, idx):
-        n = len(a) - 1
-        for start in range(n // 2, 0, -1):
-            _sift_down_compiled(a, idx, start, n)
-        for bottom in range(n, 1, -1):
-            a[1], a[bottom] = a[bottom], a[1]
-            idx[1], idx[bottom] = idx[bottom], idx[1]
-            _sift_down_compiled(a, idx, 1, bottom - 1)
+        _heap_sort_jit(a, idx, _sift_down_compiled)
 
 #: below this many keys the pure-Python sort is quicker than loading the compiled one
 COMPILED_FROM = 20000
@@ -86,6 +83,7 @@ def _l1_norms(x: np.ndarray, idx: np.ndarray, block: int = 1 << 20) -> np.ndarra
     for start in range(0, idx.size, step):
         rows = x[start:start + step] if every else x[idx[start:start + step]]
         out[start:start + step] = np.abs(rows).sum(axis=1)
+        drop_pages(x)
     return out
 
 
@@ -100,8 +98,10 @@ def unique_mask(x: np.ndarray, candidate: np.ndarray, hash_tolerance: float, des
     order, h = idx[perm], hashes[perm]
     close = np.abs(h[:-1] - h[1:]) < hash_tolerance
     pairs = np.nonzero(close)[0]
-    if pairs.size:
-        diff = np.abs(x[order[pairs + 1]] - x[order[pairs]]).max(axis=1)
-        drop = order[pairs[diff < descriptor_tolerance]]
-        keep[drop] = False
+    step = max(1, (1 << 22) // max(x.shape[1], 1))
+    for start in range(0, pairs.size, step):  # neighbours in hash order, compared a block at a time
+        block = pairs[start:start + step]
+        diff = np.abs(x[order[block + 1]] - x[order[block]]).max(axis=1)
+        keep[order[block[diff < descriptor_tolerance]]] = False
+        drop_pages(x)
     return keep

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .candidates import CANDIDATE_METHODS
+from .candidates import CANDIDATE_METHODS, candidate_passes
 from .covariance import DEFAULT_BLOCK_BYTES
 from .data import assign_frames
 from .neighbours import neighbour_list
@@ -42,10 +42,13 @@ def memory_estimate(log, comm, source, entries, my_frames, coords, frame_rows_co
         m = gp["n_sparse"] if gp["n_sparse"] > 0 else n_inst
         m = min(m, n_inst) if gp["sparse_method"] not in ("file", "index_file") else m
         m_total += m
-        if gp["sparse_method"] in CANDIDATE_METHODS:
-            cand_bytes += 3.0 * n_inst * d * 8
         rows.append([k + 1, c.descriptor.name, d, n_inst, n_grad, m, human_bytes(3.0 * n_grad * d * 8)])
     log.table(["coordinate", "descriptor", "d", "instances", "gradient rows", "M", "all gradients"], rows)
+    # rank 0 holds the candidates of one pass at a time (values, cutoff, config type and the
+    # selection's per-candidate temporaries); under MPI also the gathered copy it reorders
+    need = [c.spec.gp["sparse_method"] in CANDIDATE_METHODS for c in coords]
+    cand_bytes = max((sum(counts[k, 0] * (coords[k].descriptor.dimensions + 6) * 8.0 for k in group)
+                      for group in candidate_passes(coords, need)), default=0.0) * (2 if comm.size > 1 else 1)
     n_rows = int(frame_rows_count.sum())
     a_total = 8.0 * (n_rows + m_total) * m_total
     baseline = float(peak_rss_bytes())

@@ -21,6 +21,7 @@ import numpy as np
 from . import clustering
 from .dedup import unique_mask
 from .errors import ConfigError, DataError
+from .spill import take_rows
 
 
 def _nint(t: np.ndarray) -> np.ndarray:
@@ -188,14 +189,14 @@ def choose_sparse_points(spec, x: Optional[np.ndarray], cutoff: Optional[np.ndar
             raise ConfigError(f"n_sparse={gp['n_sparse']} {where} does not match the {index.size} indices "
                               f"in sparse_file '{gp['sparse_file']}'")
         index = np.sort(index)
-        return SparseChoice(x[index], cutoff[index], index)
+        return SparseChoice(np.array(x[index]), cutoff[index], index)
     candidate = unique_mask(x, np.ones(n_all, dtype=bool), gp["unique_hash_tolerance"],
                             gp["unique_descriptor_tolerance"])
     n_x = int(candidate.sum())
     if method == "none":
         index = np.nonzero(candidate)[0]
         log(f"  sparse_method=none: using all {index.size} distinct instances of descriptor {spec.index}")
-        return SparseChoice(x[index], cutoff[index], index)
+        return SparseChoice(np.array(x[index]), cutoff[index], index)
     selector = _SELECTORS.get(method)
     if selector is None:
         if method not in clustering.SELECTORS:
@@ -214,7 +215,7 @@ def choose_sparse_points(spec, x: Optional[np.ndarray], cutoff: Optional[np.ndar
                 f"using {n_x}")
             m = n_x
         pool = np.nonzero(candidate)[0]
-        groups.append(pool[selector(x if pool.size == n_all else x[pool], m, rng)])  # no copy if all distinct
+        groups.append(pool[selector(x if pool.size == n_all else take_rows(x, pool), m, rng)])
     else:
         per_type = parse_config_type_n_sparse(gp["config_type_n_sparse"], where)
         for name, m in per_type.items():
@@ -230,11 +231,11 @@ def choose_sparse_points(spec, x: Optional[np.ndarray], cutoff: Optional[np.ndar
                     f"instances, fewer than {m}; using {pool.size}")
                 m = pool.size
             if m:
-                groups.append(pool[selector(x[pool], m, rng)])
+                groups.append(pool[selector(take_rows(x, pool), m, rng)])
     index = np.sort(np.concatenate(groups)) if groups else np.zeros(0, dtype=np.int64)
     if index.size == 0:
         raise DataError(f"descriptor {spec.index} ({' '.join(spec.piece.split())}) has no sparse points")
-    return SparseChoice(x[index], cutoff[index], index)
+    return SparseChoice(np.array(x[index]), cutoff[index], index)
 
 
 def parse_config_type_n_sparse(text: str, where: str) -> Dict[str, int]:

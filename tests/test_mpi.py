@@ -20,7 +20,7 @@ from ase.io import read
 from gapfit.calculator import GapCalculator
 from gapfit.gap_xml import read_model
 
-from conftest import QUIP_TESTS, TA_XYZ, mpi_env, run_gapfit, same_sparse_points, ulp_copy
+from conftest import QUIP_TESTS, TA_XYZ, mpi_env, prediction_differences, run_gapfit, same_sparse_points, ulp_copy
 
 pytestmark = pytest.mark.mpi
 
@@ -114,7 +114,6 @@ def test_streaming_equals_dense(tmp_path, case):
     assert proc.returncode == 0, proc.stderr
     floor = max(np.abs(a.alpha - b.alpha).max() / np.abs(a.alpha).max()
                 for a, b in zip(dense.coordinates, read_model(str(tmp_path / "ulp.xml")).coordinates))
-    ref_calc = GapCalculator(str(tmp_path / "dense.xml"))
     frames = read(str(data), "::7")
     for ranks in (1, 2, 3):
         model, proc = _fit(tmp_path, data, options + ["linear_solver=streaming"], ranks, f"s{ranks}", gap)
@@ -123,13 +122,7 @@ def test_streaming_equals_dense(tmp_path, case):
         for a, b in zip(dense.coordinates, model.coordinates):
             assert np.array_equal(a.sparse_x, b.sparse_x)
             worst_alpha = max(worst_alpha, np.abs(a.alpha - b.alpha).max() / np.abs(a.alpha).max())
-        calc = GapCalculator(str(tmp_path / f"s{ranks}.xml"))
-        de = df = 0.0
-        for atoms in frames:
-            x, y = atoms.copy(), atoms.copy()
-            x.calc, y.calc = ref_calc, calc
-            de = max(de, abs(x.get_potential_energy() - y.get_potential_energy()) / len(atoms))
-            df = max(df, np.abs(x.get_forces() - y.get_forces()).max())
+        de, df = prediction_differences(tmp_path / "dense.xml", tmp_path / f"s{ranks}.xml", frames)
         print(f"{case}, streaming P={ranks} vs dense serial: max rel Δα {worst_alpha:.1e} (1-ulp floor {floor:.1e}), "
               f"{de:.1e} eV/atom, {df:.1e} eV/Å")
         assert worst_alpha < max(1e-8, 10 * floor) and de < 1e-8 and df < 1e-7

@@ -150,3 +150,30 @@ def test_sparsify_only_no_fit(tmp_path):
         GapCalculator(str(tmp_path / "s.xml"))
     assert 'fitted="F"' in (tmp_path / "s.xml").read_text()
     assert fit.files_
+
+
+def test_candidates_on_disk_choose_what_memory_chooses():
+    """Spilled candidates (gapfit.spill: a temporary file read a block at a time) give the same
+    duplicate filter, CUR choice and sparse points as the same candidates in memory."""
+    import gapfit.clustering as cl
+    from gapfit.spill import RowSpill, drop_pages, file_backed, take_rows
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3000, 40))
+    x[1500:1800] = x[:300]  # duplicates: the filter's pool is not every row, so rows are taken
+    spill = RowSpill(40)
+    for start in range(0, 3000, 700):  # appended in pieces, as frames come
+        spill.append(x[start:start + 700])
+    on_disk = spill.array()
+    assert file_backed(on_disk) and not file_backed(x) and np.array_equal(on_disk, x)
+    mask_mem = unique_mask(x, np.ones(3000, bool), 1e-10, 1e-10)
+    mask_disk = unique_mask(on_disk, np.ones(3000, bool), 1e-10, 1e-10)
+    assert np.array_equal(mask_mem, mask_disk) and mask_mem.sum() == 2700
+    pool = np.nonzero(mask_mem)[0]
+    taken = take_rows(on_disk, pool, block_bytes=40 * 8 * 128)
+    assert file_backed(taken) and np.array_equal(taken, x[pool])
+    for seed in range(3):
+        a = cl.select_cur_points(x[pool], 50, np.random.default_rng(seed))
+        b = cl.select_cur_points(taken, 50, np.random.default_rng(seed))
+        assert np.array_equal(a, b)
+    drop_pages(on_disk)  # a no-op on the values
+    assert np.array_equal(on_disk[2999], x[2999])
