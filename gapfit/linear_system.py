@@ -29,11 +29,13 @@ from .solvers.streaming import TriangularFactor, reduce_factors
 
 #: auto: the dense path only while A takes less than this share of the memory available
 DENSE_MEMORY_SHARE = 0.5
-#: auto: M from which folding is at least as fast as the dense QR.  benchmarks/streaming_vs_dense.py
-#: (N = 20 M, 2 BLAS threads, 2-core EPYC): streaming/dense time 0.77 at M = 500, 0.83 at 1000,
-#: 1.00 at 2000, 1.07 at 3000, 0.94 at 4000 -- the same within the machine's noise, at a tenth of
-#: the memory or less, so auto always streams unless dense is asked for.
-STREAMING_FROM_M = 0
+#: auto: the dense path while A takes at most this much per rank.  benchmarks/streaming_vs_dense.py
+#: (N = 20 M, 2 BLAS threads, 2-core EPYC, idle machine): streaming/dense time 0.77 at M = 500,
+#: 0.83 at 1000, 1.00 at 2000, 1.07 at 3000, 0.94 at 4000 -- the same within the noise, at a tenth
+#: of the memory or less.  But on a loaded machine the fold's many small LAPACK calls lose more
+#: than one big QR (the example fit, M = 430, N = 15k, beside two other jobs: fold 10 s against
+#: QR 2.9 s), so a small A, whose memory does not matter, stays dense.
+DENSE_AUTO_BYTES = 256 * 2 ** 20
 
 
 @dataclass
@@ -101,11 +103,12 @@ def choose_path(values, n_rows: int, n_sparse: int, n_ranks: int, log) -> str:
         log(f"linear_solver=auto: streaming (A would take {human_bytes(a_bytes)} per rank, "
             f"{human_bytes(free)} is available)")
         return "streaming"
-    if n_sparse >= STREAMING_FROM_M:
-        log(f"linear_solver=auto: streaming (memory {human_bytes(streaming_bytes(n_sparse))} per rank instead of "
-            f"{human_bytes(a_bytes)}, as fast)")
-        return "streaming"
-    return "dense"
+    if a_bytes <= DENSE_AUTO_BYTES:
+        log(f"linear_solver=auto: dense (A takes {human_bytes(a_bytes)} per rank)")
+        return "dense"
+    log(f"linear_solver=auto: streaming (memory {human_bytes(streaming_bytes(n_sparse))} per rank instead of "
+        f"{human_bytes(a_bytes)} for A, as fast)")
+    return "streaming"
 
 
 def solve(ctx: FitContext, path: str, stats: Dict[str, float], run=None) -> Solution:
