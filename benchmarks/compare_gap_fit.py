@@ -128,6 +128,15 @@ CASES = {
 }
 
 
+def case_data_and_env(case, data_arg, threads):
+    """The case's data file (absolute; None with a message if missing) and the environment for ``threads``."""
+    data = os.path.abspath(data_arg or case["data"])
+    if not os.path.exists(data):
+        print(f"benchmark: data file {data} not found (give --data)", file=sys.stderr)
+        return None, None
+    return data, dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+
+
 def run(cmd, cwd, env, log_path):
     """Run a command; return (exit status, wall seconds, peak RSS bytes of the child)."""
     with open(log_path, "w") as log:
@@ -205,11 +214,9 @@ def main(argv=None):
             print(f"{name:10s} {case['about']}")
         return 0
     case = CASES[args.case]
-    data = os.path.abspath(args.data or case["data"])
-    if not os.path.exists(data):
-        print(f"benchmark: data file {data} not found (give --data)", file=sys.stderr)
+    data, env = case_data_and_env(case, args.data, args.threads)
+    if data is None:
         return 2
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads))
     scratch = tempfile.mkdtemp(prefix=f"gapfit-bench-{args.case}-")
     if case.get("every"):
         data = _subset(data, case["every"], scratch)

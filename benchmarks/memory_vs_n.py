@@ -20,7 +20,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from compare_gap_fit import CASES, _subset, _write_files, gib, options_to_argv, run  # noqa: E402
+from compare_gap_fit import CASES, _subset, _write_files, case_data_and_env, gib, options_to_argv, run  # noqa: E402
 
 
 def main(argv=None):
@@ -32,11 +32,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="BLAS threads")
     args = p.parse_args(argv)
     case = CASES[args.case]
-    data = os.path.abspath(args.data or case["data"])
-    if not os.path.exists(data):
-        print(f"benchmark: data file {data} not found (give --data)", file=sys.stderr)
+    data, env = case_data_and_env(case, args.data, args.threads)
+    if data is None:
         return 2
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads))
     scratch = tempfile.mkdtemp(prefix=f"gapfit-memory-{args.case}-")
     print(f"case {args.case}: {case['about']}; {args.threads} BLAS thread(s); scratch {scratch}")
     print("| data | solver | frames | target rows N | M | wall (s) | peak RSS | / smallest |")

@@ -9,7 +9,7 @@ from .covariance import DEFAULT_BLOCK_BYTES
 from .data import assign_frames
 from .neighbours import neighbour_list
 from .report import human_bytes, peak_rss_bytes
-from .linear_system import streaming_bytes
+from .linear_system import available_memory, streaming_bytes
 from .rows import CHUNK_BYTES
 
 
@@ -54,12 +54,7 @@ def memory_estimate(log, comm, source, entries, my_frames, coords, frame_rows_co
     baseline = float(peak_rss_bytes())
     chunk = CHUNK_BYTES + 4.0 * DEFAULT_BLOCK_BYTES + min(biggest_frame, CHUNK_BYTES)
     root_extra = cand_bytes + 2 * 8.0 * m_total ** 2
-    try:
-        with open("/proc/meminfo") as fh:
-            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh}
-        available = float(info.get("MemAvailable", info.get("MemTotal", 0)))
-    except OSError:  # pragma: no cover
-        available = 0.0
+    available = available_memory()
 
     def per_rank(p):
         load = np.bincount(owner if p == comm.size else assign_frames(frame_rows_count, p),
