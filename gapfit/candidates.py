@@ -17,7 +17,7 @@ from .neighbours import neighbour_list
 from .options import split_fields
 from .parallel import rank0_call
 from .sparsify import SparseChoice, choose_sparse_points
-from .spill import RowSpill
+from .spill import RowSpill, drop_pages, take_rows
 
 # sparse methods that choose among the data's descriptor instances (not file)
 CANDIDATE_METHODS = ("random", "uniform", "none", "index_file", "cur_points", "cur_covariance", "pivot",
@@ -30,8 +30,8 @@ def config_type_index(label_ct: str, names: List[str]) -> int:
     return names.index("default")
 
 
-#: descriptors with more dimensions than this get a pass over the data of their own, so that the
-#: candidates of one such coordinate (n × d doubles) are held at a time
+#: descriptors with more dimensions than this get a pass over the data of their own (their
+#: candidates are large even on disk); runs of smaller ones share a pass
 OWN_PASS_DIMENSIONS = 64
 
 
@@ -50,25 +50,32 @@ def candidate_passes(coords, need) -> List[List[int]]:
     return passes
 
 
-def _stack(parts: list, width: Optional[int], dtype=float) -> np.ndarray:
-    """np.concatenate of ``parts``, releasing each part once copied (peak: the result plus one part)."""
-    n = sum(len(p) for p in parts)
-    out = np.empty((n, width) if width is not None else n, dtype=dtype)
-    start = 0
-    for i, part in enumerate(parts):
-        out[start:start + len(part)] = part
-        start += len(part)
-        parts[i] = None
-    parts.clear()
-    return out
+class _Candidates:
+    """One coordinate's candidates as they come: values and cutoffs in temporary files
+    (:mod:`gapfit.spill`), config types (int16) and (frame, count) pairs in memory."""
+
+    def __init__(self, d: int):
+        self.x, self.cutoff = RowSpill(d), RowSpill(1)
+        self.config_type: list = []
+        self.frame_counts: list = []
+
+    def append(self, frame_index: int, vals, ct: int) -> None:
+        self.x.append(vals.x)
+        self.cutoff.append(vals.cutoff)
+        self.config_type.append(np.full(vals.n_desc, ct, dtype=np.int16))
+        self.frame_counts.append((frame_index, vals.n_desc))
+
+    def arrays(self):
+        """(x, cutoff, config type, [(frame, count)]); x and cutoff file-backed."""
+        ct = np.concatenate(self.config_type) if self.config_type else np.zeros(0, dtype=np.int16)
+        self.config_type = []
+        return self.x.array(), self.cutoff.array()[:, 0], ct, self.frame_counts
 
 
 def _compute_candidates(comm, log, source, entries, labels, my_frames, coords, group, config_type_names,
                         max_cutoff, note):
     """This rank's candidates of the coordinates in ``group``: {k: (x, cutoff, config type, [(frame, count)])}."""
-    # a high-dimensional coordinate's values go to a temporary file as they come (gapfit.spill)
-    parts = {k: (RowSpill(coords[k].descriptor.dimensions) if coords[k].descriptor.dimensions > OWN_PASS_DIMENSIONS
-                 else [], [], [], []) for k in group}
+    parts = {k: _Candidates(coords[k].descriptor.dimensions) for k in group}
     progress = log.progress(f"candidate descriptors{note}", max(len(my_frames), 1), unit="frames",
                             note=" (rank 0's share)" if comm.size > 1 else "")
     for done, frame in enumerate(source.read([entries[f] for f in my_frames])):
@@ -76,26 +83,37 @@ def _compute_candidates(comm, log, source, entries, labels, my_frames, coords, g
         nl = neighbour_list(frame.positions, frame.cell, frame.pbc, max_cutoff)
         ct = config_type_index(labels[frame.index].config_type, config_type_names)
         for k in group:
-            vals = coords[k].descriptor.calc(frame, nl, grad=False)
-            parts[k][0].append(vals.x)  # a list, or a RowSpill
-            parts[k][1].append(vals.cutoff)
-            parts[k][2].append(np.full(vals.n_desc, ct, dtype=np.int64))
-            parts[k][3].append((frame.index, vals.n_desc))
+            parts[k].append(frame.index, coords[k].descriptor.calc(frame, nl, grad=False), ct)
     progress.close()
-    return {k: (xs.array() if isinstance(xs, RowSpill) else _stack(xs, coords[k].descriptor.dimensions),
-                _stack(cs, None), _stack(ts, None, np.int64), fc)
-            for k, (xs, cs, ts, fc) in parts.items()}
+    return {k: part.arrays() for k, part in parts.items()}
+
+
+def _gather_to_spill(comm, local: np.ndarray):
+    """Rank 0: every rank's rows of ``local`` (file-backed) in rank order, in a temporary file."""
+    spill = RowSpill(local.shape[1]) if comm.rank == 0 else None
+
+    def append(rows):
+        spill.append(rows)
+        drop_pages(local)
+    comm.gather_rows_into(local, append)
+    return spill.array() if spill is not None else None
 
 
 def _gather_in_data_order(comm, local, mpi_candidate_order):
-    """Rank 0: every rank's candidates, ordered by frame (gap_fit's rank order with ``mpi_candidate_order=rank``)."""
+    """Rank 0: every rank's candidates, ordered by frame (gap_fit's rank order with ``mpi_candidate_order=rank``).
+
+    Values and cutoffs are gathered into temporary files a block at a time, so that rank 0 never
+    holds all the data's candidates in memory.
+    """
     x_loc, c_loc, t_loc, fc = local
     if comm.size == 1:
         return x_loc, c_loc, t_loc  # already in data order
-    x_all, c_all, t_all = comm.gather_rows(x_loc), comm.gather_rows(c_loc), comm.gather_rows(t_loc)
-    fc_all = comm.gather(fc, root=0)
+    x_all = _gather_to_spill(comm, x_loc)
+    c_all = _gather_to_spill(comm, c_loc[:, None])
+    t_all, fc_all = comm.gather_rows(t_loc), comm.gather(fc, root=0)
     if comm.rank != 0:
         return None, None, None
+    c_all = c_all[:, 0]
     blocks, start = [], 0
     for rank, rank_list in enumerate(fc_all):
         for frame_id, count in rank_list:
@@ -106,14 +124,15 @@ def _gather_in_data_order(comm, local, mpi_candidate_order):
     order = np.concatenate([np.arange(s, s + n) for _, s, n in blocks]) if blocks else np.zeros(0, int)
     if np.array_equal(order, np.arange(order.size)):
         return x_all, c_all, t_all
-    return x_all[order], c_all[order], t_all[order]
+    return take_rows(x_all, order), take_rows(c_all[:, None], order)[:, 0], t_all[order]
 
 
 def sparse_points(comm, log, source, entries, labels, my_frames, coords, config_type_names, max_cutoff, rng, v):
     """Candidates on the owning ranks, gathered to rank 0 in data order; selection there; broadcast.
 
-    The candidates of one high-dimensional coordinate are held at a time (:func:`candidate_passes`):
-    its choice is made, and its candidates dropped, before the next pass over the data.
+    Candidates live in temporary files (:mod:`gapfit.spill`) and are read a block at a time; one
+    high-dimensional coordinate's are made at a time (:func:`candidate_passes`): its choice is
+    made, and its candidates dropped, before the next pass over the data.
     """
     need = [c.spec.gp["sparse_method"] in CANDIDATE_METHODS or "lengthscale_factor" in c.spec.gp_given
             for c in coords]
@@ -184,8 +203,13 @@ def length_scales(comm, coord, x_all):
 
     def compute():
         # each component's range widened to those of the components its permutations exchange
-        high = np.max(x_all[:, perms], axis=(0, 1)) if x_all.shape[0] else np.zeros(d)
-        low = np.min(x_all[:, perms], axis=(0, 1)) if x_all.shape[0] else np.zeros(d)
+        if not x_all.shape[0]:
+            return np.ones(d)  # a zero range, as for a constant component
+        low, high = np.full(d, np.inf), np.full(d, -np.inf)
+        for start in range(0, x_all.shape[0], 1 << 14):  # a block of rows at a time (x may be on disk)
+            rows = np.asarray(x_all[start:start + (1 << 14)])[:, perms]
+            low, high = np.minimum(low, rows.min(axis=(0, 1))), np.maximum(high, rows.max(axis=(0, 1)))
+            drop_pages(x_all)
         theta = (high - low) * fac
         theta[theta < 1e-8] = 1.0
         return theta

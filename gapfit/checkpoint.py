@@ -44,6 +44,7 @@ _NOT_FINGERPRINTED = {
     "mpi_blocksize_rows", "mpi_blocksize_cols", "do_copy_atoms_file", "sparse_separate_file", "export_covariance",
     "condition_number_norm", "linear_system_dump_file", "openmp_chunk_size", "do_ip_timing", "dryrun",
     "checkpoint_file", "checkpoint_interval", "extend_checkpoint", "mpi_candidate_order", "row_chunk_mb",
+    "training_errors", "test_file",
     "atoms_filename",  # the data are identified by their content (sha256), not by the path used to name them
 }
 

@@ -260,37 +260,25 @@ class FrameRows:
         return int(self.y.shape[0])
 
 
-def frame_rows(frame: Frame, names: TargetNames, sigmas: SigmaTable, e0: np.ndarray, sigma_per_atom: bool,
-               core=None) -> FrameRows:
-    """Targets and σ of a parsed frame, validated (finite values, σ > 0).
+@dataclass
+class FrameTargets:
+    """A frame's reference values as the file gives them (validated): what is fitted and scored."""
 
-    With a ``core`` potential, its energy, forces and virial are subtracted from the targets
-    first (as gap_fit does), then e0.
-    """
+    labels: FrameLabels
+    energy: Optional[float]  # total energy (eV)
+    forces: Optional[np.ndarray]  # (n, 3) eV/Å, all atoms
+    force_atoms: np.ndarray  # atoms whose forces are targets (force_mask excludes)
+    virial: Optional[np.ndarray]  # (3, 3) eV, as given (the virial, or −stress·V); not symmetrised
+
+
+def frame_targets(frame: Frame, names: TargetNames) -> FrameTargets:
+    """The energy, forces and virial a frame carries under ``names``, checked to be finite reals."""
     where = frame.where
     info, arrays = frame.info, frame.arrays
     n = len(frame)
     labels = frame_labels(info, arrays, n, names, where)
-    base = None
-    if core is not None and (labels.has_energy or labels.has_forces or labels.has_virial):
-        base = core.evaluate(frame, forces=labels.has_forces or labels.has_virial)
-    group = sigmas(labels.config_type)
-    sq = math.sqrt(n) if sigma_per_atom else 1.0
-    s = names.sigma
-    y: List[np.ndarray] = []
-    sig: List[np.ndarray] = []
-
-    if labels.has_energy:
-        energy = energy_of(info, names, where) - (base["energy"] if base else 0.0) - float(np.sum(e0[frame.numbers]))
-        override = lookup(info, f"energy_{s}")
-        e_sigma = _scalar(override, f"energy_{s}", where) if override is not None else group[0] * sq
-        if not e_sigma > 0:
-            raise DataError(f"{where}: the energy σ is {e_sigma} (it must be greater than 0; "
-                            f"check default_sigma, config_type_sigma or energy_{s})")
-        y.append(np.array([energy]))
-        sig.append(np.array([e_sigma]))
-
-    force_atoms = np.zeros(0, dtype=np.int64)
+    energy = energy_of(info, names, where) if labels.has_energy else None
+    forces, force_atoms = None, np.zeros(0, dtype=np.int64)
     if labels.has_forces:
         forces = np.asarray(lookup(arrays, names.force))
         if forces.dtype.kind not in "if" or forces.shape != (n, 3):
@@ -302,6 +290,49 @@ def frame_rows(frame: Frame, names: TargetNames, sigmas: SigmaTable, e0: np.ndar
         mask = lookup(arrays, names.force_mask)
         keep = np.ones(n, dtype=bool) if mask is None else ~np.asarray(mask, dtype=bool)
         force_atoms = np.nonzero(keep)[0]
+    virial = None
+    if labels.has_virial:
+        virial_value = lookup(info, names.virial)
+        if virial_value is not None:
+            virial = _matrix3(virial_value, f"virial '{names.virial}'", where)
+        else:
+            stress = _matrix3(lookup(info, names.stress), f"stress '{names.stress}'", where, allow_voigt=True)
+            virial = -stress * frame.volume
+    return FrameTargets(labels, energy, forces, force_atoms, virial)
+
+
+def frame_rows(frame: Frame, names: TargetNames, sigmas: SigmaTable, e0: np.ndarray, sigma_per_atom: bool,
+               core=None) -> FrameRows:
+    """Targets and σ of a parsed frame, validated (finite values, σ > 0).
+
+    With a ``core`` potential, its energy, forces and virial are subtracted from the targets
+    first (as gap_fit does), then e0.
+    """
+    where = frame.where
+    info, arrays = frame.info, frame.arrays
+    n = len(frame)
+    targets = frame_targets(frame, names)
+    labels, force_atoms = targets.labels, targets.force_atoms
+    base = None
+    if core is not None and (labels.has_energy or labels.has_forces or labels.has_virial):
+        base = core.evaluate(frame, forces=labels.has_forces or labels.has_virial)
+    group = sigmas(labels.config_type)
+    sq = math.sqrt(n) if sigma_per_atom else 1.0
+    s = names.sigma
+    y: List[np.ndarray] = []
+    sig: List[np.ndarray] = []
+
+    if labels.has_energy:
+        energy = targets.energy - (base["energy"] if base else 0.0) - float(np.sum(e0[frame.numbers]))
+        override = lookup(info, f"energy_{s}")
+        e_sigma = _scalar(override, f"energy_{s}", where) if override is not None else group[0] * sq
+        if not e_sigma > 0:
+            raise DataError(f"{where}: the energy σ is {e_sigma} (it must be greater than 0; "
+                            f"check default_sigma, config_type_sigma or energy_{s})")
+        y.append(np.array([energy]))
+        sig.append(np.array([e_sigma]))
+
+    if labels.has_forces:
         f_sigma = np.full((n, 3), group[1])
         override = lookup(info, f"force_{s}")
         if override is not None:
@@ -318,18 +349,12 @@ def frame_rows(frame: Frame, names: TargetNames, sigmas: SigmaTable, e0: np.ndar
             bad = int(np.argwhere(~(f_sigma > 0))[0, 0])
             raise DataError(f"{where}: the force σ of atom {force_atoms[bad] + 1} is {f_sigma[bad].min()} "
                             f"(it must be greater than 0; check default_sigma, config_type_sigma or force_*_{s})")
-        if base:
-            forces = forces - base["forces"]
+        forces = targets.forces - base["forces"] if base else targets.forces
         y.append(-forces[force_atoms].reshape(-1))
         sig.append(f_sigma.reshape(-1))
 
     if labels.has_virial:
-        virial_value = lookup(info, names.virial)
-        if virial_value is not None:
-            w = _matrix3(virial_value, f"virial '{names.virial}'", where)
-        else:
-            stress = _matrix3(lookup(info, names.stress), f"stress '{names.stress}'", where, allow_voigt=True)
-            w = -stress * frame.volume
+        w = targets.virial
         if base:
             w = w - base["virial"]
         w = 0.5 * (w + w.T)

@@ -53,55 +53,71 @@ if numba is not None:
     def _heap_sort_compiled(a, idx):
         _heap_sort_jit(a, idx, _sift_down_compiled)
 
+#: values compared at a time by the duplicate filter (two such blocks of rows are held, 4 MiB each)
+PAIR_BLOCK_ELEMENTS = 1 << 19
+
 #: below this many keys the pure-Python sort is quicker than loading the compiled one
 COMPILED_FROM = 20000
 
 
-def quip_heap_sort_order(keys: np.ndarray, compiled: Optional[bool] = None) -> np.ndarray:
-    """The permutation QUIP's ``heap_sort`` applies to ``keys`` (ascending, QUIP's tie order)."""
-    n = len(keys)
+def quip_heap_sort(keys_into, n: int, compiled: Optional[bool] = None):
+    """QUIP's ``heap_sort`` (ascending, QUIP's tie order) of the keys written by ``keys_into(buffer)``
+    into an n-long buffer: (sorted keys, permutation), views of the sort's own arrays (no copies)."""
     a = np.empty(n + 1)
     a[0] = 0.0
-    a[1:] = keys
+    keys_into(a[1:])
     idx = np.arange(-1, n, dtype=np.int64)
     if compiled is None:
         compiled = numba is not None and n >= COMPILED_FROM
     if compiled:
         _heap_sort_compiled(a, idx)
-    else:
-        values, order = a.tolist(), idx.tolist()  # Python lists: ~3x quicker than arrays element by element
-        _heap_sort(values, order, _sift_down)
-        return np.array(order[1:], dtype=np.int64)
-    return idx[1:].copy()
+        return a[1:], idx[1:]
+    values, order = a.tolist(), idx.tolist()  # Python lists: ~3x quicker than arrays element by element
+    _heap_sort(values, order, _sift_down)
+    return np.array(values[1:]), np.array(order[1:], dtype=np.int64)
 
 
-def _l1_norms(x: np.ndarray, idx: np.ndarray, block: int = 1 << 20) -> np.ndarray:
-    """Σ_k |x_ik| of the rows ``idx``, a block at a time (never a copy of x)."""
-    out = np.empty(idx.size)
+def quip_heap_sort_order(keys: np.ndarray, compiled: Optional[bool] = None) -> np.ndarray:
+    """The permutation QUIP's ``heap_sort`` applies to ``keys`` (ascending, QUIP's tie order)."""
+    def copy(buffer):
+        buffer[:] = keys
+    return quip_heap_sort(copy, len(keys), compiled)[1].copy()
+
+
+def _l1_norms(x: np.ndarray, idx: Optional[np.ndarray], out: np.ndarray, block: int = 1 << 20) -> None:
+    """``out`` = Σ_k |x_ik| of the rows ``idx`` (all rows if None), a block at a time (never a copy of x)."""
     step = max(1, block // max(x.shape[1], 1))
-    every = idx.size == x.shape[0]  # idx = 0..n-1: slices, not gathers
-    for start in range(0, idx.size, step):
-        rows = x[start:start + step] if every else x[idx[start:start + step]]
+    for start in range(0, out.size, step):
+        rows = x[start:start + step] if idx is None else x[idx[start:start + step]]
         out[start:start + step] = np.abs(rows).sum(axis=1)
         drop_pages(x)
-    return out
 
 
 def unique_mask(x: np.ndarray, candidate: np.ndarray, hash_tolerance: float, descriptor_tolerance: float) -> np.ndarray:
-    """``candidate`` with gap_fit's duplicates removed (see module docstring)."""
+    """``candidate`` with gap_fit's duplicates removed (see module docstring).
+
+    Memory: the sort's keys and permutation (16 bytes a candidate), x is read a block at a time.
+    """
     keep = candidate.copy()
-    idx = np.nonzero(candidate)[0]
-    if idx.size < 2:
+    idx = None if candidate.all() else np.nonzero(candidate)[0]  # None: every row (no index array)
+    n = x.shape[0] if idx is None else idx.size
+    if n < 2:
         return keep
-    hashes = _l1_norms(x, idx)
-    perm = quip_heap_sort_order(hashes)
-    order, h = idx[perm], hashes[perm]
-    close = np.abs(h[:-1] - h[1:]) < hash_tolerance
-    pairs = np.nonzero(close)[0]
-    step = max(1, (1 << 22) // max(x.shape[1], 1))
+    h, order = quip_heap_sort(lambda out: _l1_norms(x, idx, out), n)
+    if idx is not None:
+        order = idx[order]
+    close = []  # i where keys i and i+1 are within the tolerance, found a block at a time
+    for start in range(0, n - 1, 1 << 20):
+        stop = min(start + (1 << 20), n - 1)
+        close.append(start + np.nonzero(np.abs(h[start + 1:stop + 1] - h[start:stop]) < hash_tolerance)[0])
+    pairs = np.concatenate(close)
+    del h, close
+    step = max(1, PAIR_BLOCK_ELEMENTS // max(x.shape[1], 1))
     for start in range(0, pairs.size, step):  # neighbours in hash order, compared a block at a time
         block = pairs[start:start + step]
-        diff = np.abs(x[order[block + 1]] - x[order[block]]).max(axis=1)
-        keep[order[block[diff < descriptor_tolerance]]] = False
-        drop_pages(x)
+        diff = x[order[block + 1]]
+        diff -= x[order[block]]
+        drop_pages(x)  # the rows gathered from all over a file-backed x
+        np.abs(diff, out=diff)
+        keep[order[block[diff.max(axis=1) < descriptor_tolerance]]] = False
     return keep

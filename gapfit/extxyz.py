@@ -402,7 +402,7 @@ def check_atoms_apart(frame: Frame) -> None:
                     f"{COINCIDENT_ATOMS} Å (counting periodic images): the same atom twice?")
 
 
-def index_xyz(path: str, validate=None) -> Tuple[List[FrameIndex], List[Frame]]:
+def index_xyz(path: str, validate=None, key: str = "at_file") -> Tuple[List[FrameIndex], List[Frame]]:
     """Validate every frame of ``path`` and index them.
 
     Returns the index entries, and (for convenience of e0 detection) the parsed
@@ -416,11 +416,11 @@ def index_xyz(path: str, validate=None) -> Tuple[List[FrameIndex], List[Frame]]:
     try:
         fh = open(path, "rb")
     except FileNotFoundError:
-        raise DataError(f"at_file '{path}' does not exist") from None
+        raise DataError(f"{key} '{path}' does not exist") from None
     except IsADirectoryError:
-        raise DataError(f"at_file '{path}' is a directory, not an extended XYZ file") from None
+        raise DataError(f"{key} '{path}' is a directory, not an extended XYZ file") from None
     except OSError as exc:
-        raise DataError(f"at_file '{path}' cannot be read: {exc.strerror}") from None
+        raise DataError(f"{key} '{path}' cannot be read: {exc.strerror}") from None
     with fh:
         for k, (offset, nbytes, line_no, lines) in enumerate(_iter_frame_blocks(fh, source)):
             frame = _frame_from_lines(lines, k, line_no, source)
@@ -434,7 +434,7 @@ def index_xyz(path: str, validate=None) -> Tuple[List[FrameIndex], List[Frame]]:
             if len(frame) == 1:
                 single_atom.append(frame)
     if not entries:
-        raise DataError(f"at_file '{path}' contains no frames")
+        raise DataError(f"{key} '{path}' contains no frames")
     return entries, single_atom
 
 
@@ -473,12 +473,13 @@ def frame_from_atoms(atoms, index: int = 0) -> Frame:
 class XyzFileSource:
     """Frames from an extended XYZ file: rank 0 indexes, every rank reads its own frames."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, key: str = "at_file"):
         self.path = path
         self.name = path
+        self.key = key  # the option that named the file, for error messages
 
     def index(self, validate=None):
-        return index_xyz(self.path, validate)
+        return index_xyz(self.path, validate, self.key)
 
     def read(self, entries: Sequence[FrameIndex]) -> Iterator[Frame]:
         return read_frames(self.path, entries)

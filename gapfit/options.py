@@ -320,6 +320,12 @@ TOP_LEVEL = Schema([
                "points, θ, e0 and σ rules are kept; a fit on all the data, for the cost of the new frames)"),
     Param("checkpoint_interval", to_float, 900.0, check=positive,
           help="gapfit: seconds between a rank's saves to checkpoint_file"),
+    Param("training_errors", to_bool, True,
+          help="gapfit: after the fit, report the model's errors on the training data per config_type (a second "
+               "pass over the data: descriptors with gradients and predictions, not kernel rows)"),
+    Param("test_file", to_str, "",
+          help="gapfit: extended XYZ file(s) of held-out frames (separated by commas or spaces in braces): "
+               "report the model's errors on them per config_type"),
     Param("row_chunk_mb", to_float, 16.0, check=positive,
           help="gapfit: MiB of descriptor gradients and kernel rows per chunk of K_NM rows (the producer's step)"),
     Param("progress_interval", to_float, 10.0, check=non_negative,

@@ -3,7 +3,7 @@
 gap_fit happily writes ``gp_file=train.xyz`` over its own training data.  gapfit refuses any
 output (the XML and the files named after it, ``report_file``, ``print_sparse_index``,
 ``linear_system_dump_file``) that would replace an input (``at_file``, ``config_file``,
-``sparse_file``, ``theta_file``, ``core_param_file``, ``template_file``) or another output,
+``sparse_file``, ``theta_file``, ``core_param_file``, ``template_file``, ``test_file``) or another output,
 before anything is written.  Files are compared by their real path, so links and ``./`` do
 not hide a clash.  Messages quote the keys as the user typed them.
 """
@@ -20,6 +20,13 @@ from .errors import ConfigError
 Named = Tuple[str, str]
 
 
+def test_files(values) -> List[str]:
+    """The paths of ``test_file`` (commas or spaces between them)."""
+    from .options import split_fields
+    text = values.get("test_file", "")
+    return split_fields(text, separators=" ,", what="test_file") if text else []
+
+
 def input_files(opts, specs: Sequence) -> List[Named]:
     """Every file the options make the fit read."""
     files = []
@@ -33,6 +40,8 @@ def input_files(opts, specs: Sequence) -> List[Named]:
                       opts["baseline_param_filename"]))
     if opts.has("template_file"):
         files.append((f"template_file '{opts['template_file']}'", opts["template_file"]))
+    for path in test_files(opts.values):
+        files.append((f"test_file '{path}'", path))
     for spec in specs:
         gp, given = spec.gp, spec.gp_given
         if gp["sparse_file"]:

@@ -65,6 +65,9 @@ class SerialComm:
         """Concatenate the ranks' arrays along axis 0 on ``root`` (None elsewhere)."""
         return np.ascontiguousarray(local)
 
+    def gather_rows_into(self, local, append, root=0, block_bytes=1 << 25):
+        append(local)
+
     def scatter_rows(self, array, counts, root=0):
         """Send rows ``sum(counts[:k]) : sum(counts[:k+1])`` of ``array`` to rank k."""
         return np.ascontiguousarray(array)
@@ -166,6 +169,23 @@ class MPIComm:
         else:
             self.comm.Scatterv(None, out, root=root)
         return out
+
+    def gather_rows_into(self, local, append, root=0, block_bytes=1 << 25):
+        """Every rank's float64 rows, in rank order, passed to ``append`` on ``root`` a block at a time
+        (so the gathered rows need not fit in memory: ``append`` may write them to a file)."""
+        local = np.asarray(local, dtype=np.float64)
+        counts = self.comm.gather(local.shape[0], root=root)
+        row_shape = local.shape[1:]
+        step = max(1, block_bytes // (8 * max(int(np.prod(row_shape, dtype=np.int64)), 1)))
+        if self.rank != root:
+            for start in range(0, local.shape[0], step):
+                self.send_array(local[start:start + step], root, tag=7)
+            return
+        for rank, count in enumerate(counts):
+            for start in range(0, count, step):
+                rows = min(step, count - start)
+                append(local[start:start + rows] if rank == root else
+                       self.recv_array((rows,) + row_shape, rank, tag=7))
 
     def send_array(self, array, dest, tag=0):
         """Send a float64 array to one rank (point to point; the receiver knows its shape)."""

@@ -38,7 +38,7 @@ from .heap import keep_freed_blocks, release_freed_memory
 from .kernels import make_kernel
 from .neighbours import neighbour_list
 from .options import TOP_LEVEL, TopLevelOptions, expand_species, parse_gap_piece
-from .outputs import input_files, output_files, refuse_clobbering
+from .outputs import input_files, output_files, refuse_clobbering, test_files
 from .parallel import SerialComm, rank0_call, rank0_only
 from .report import Reporter, human_bytes
 from .linear_system import FitContext, choose_path, solve
@@ -57,6 +57,7 @@ class FitResult:
     e0: np.ndarray
     timings: Dict[str, float] = field(default_factory=dict)
     files: List[str] = field(default_factory=list)
+    errors: Dict[str, dict] = field(default_factory=dict)  # training / test errors (gapfit.scores)
 
 
 def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, write=True,
@@ -100,6 +101,10 @@ def _run_fit(opts, source, comm, stream, quiet, write, extends, stop) -> FitResu
     if not v["dryrun"] and write:
         outputs, patterns = output_files(opts, specs, label, comm.size)
         refuse_clobbering(input_files(opts, specs), outputs, patterns)
+        for path in test_files(v):  # before the fit, not after it
+            if not os.path.isfile(path):
+                raise ConfigError(f"test_file '{path}' does not exist" if not os.path.exists(path)
+                                  else f"test_file '{path}' is not a file")
         rank0_call(comm, check_writable, gp_file, opts.key("gap_file"))
     _banner(log, opts, comm, _blas_info())
     log(f"Found {len(specs)} GAP descriptor(s) on the command line")
@@ -231,6 +236,7 @@ def _run_fit(opts, source, comm, stream, quiet, write, extends, stop) -> FitResu
             if v["export_covariance"] and r is not None:
                 files += rank0_call(comm, _write_r, r, gp_file, label)
     _report_files(log, files)
+    errors = _error_reports(comm, log, model, source, entries, my_frames, names, v)
     log.rank_table({**solution.table, "gemm GFLOP": stats["gemm_flops"] / 1e9,
                     "descriptor s": stats["descriptor_seconds"], "kernel rows s": stats["kernel_seconds"]})
     if v["report_file"]:
@@ -238,10 +244,32 @@ def _run_fit(opts, source, comm, stream, quiet, write, extends, stop) -> FitResu
         report.update(version=__version__, n_sparse=n_sparse, target_rows=int(frame_rows_count.sum()), files=files,
                       coordinates=[{"descriptor": " ".join(c.spec.piece.split()), "n_sparse": c.n_sparse} for c in coords],
                       **solution.report)
+        if errors:
+            report["errors"] = errors
         rank0_call(comm, _write_json, v["report_file"], report)
     return FitResult(model=model, alpha=alphas, sparse_x=[c.kernel.sparse_x for c in coords],
                      sparse_cutoff=[c.sparse_cutoff for c in coords], sparse_index=[ch.index for ch in choices],
-                     e0=e0, timings=log.timing_summary(), files=files)
+                     e0=e0, timings=log.timing_summary(), files=files, errors=errors)
+
+
+def _error_reports(comm, log, model, source, entries, my_frames, names, v) -> Dict[str, dict]:
+    """The fitted model's errors per config_type on the training data and on each test_file."""
+    from .calculator import GapPotential
+    from .scores import report_errors, test_file_errors
+
+    tests = test_files(v)
+    if not v["training_errors"] and not tests:
+        return {}
+    potential = GapPotential(model)
+    errors: Dict[str, dict] = {}
+    if v["training_errors"]:
+        with log.phase("Errors on the training data"):
+            errors["training"] = report_errors(comm, log, potential, source, entries, my_frames, names,
+                                               "the training data")
+    for path in tests:
+        with log.phase(f"Errors on test_file '{path}'"):
+            errors.setdefault("test", {})[path] = test_file_errors(comm, log, potential, path, names)
+    return errors
 
 
 def _base_coordinates(extends, species):

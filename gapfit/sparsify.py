@@ -21,7 +21,7 @@ import numpy as np
 from . import clustering
 from .dedup import unique_mask
 from .errors import ConfigError, DataError
-from .spill import take_rows
+from .spill import drop_pages, take_rows
 
 
 def _nint(t: np.ndarray) -> np.ndarray:
@@ -33,50 +33,80 @@ def _nint(t: np.ndarray) -> np.ndarray:
     return r.astype(np.int64)
 
 
-def select_uniform(x: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+def _row_blocks(x: np.ndarray, block_rows: int):
+    """(start, rows) of x a block at a time; a file-backed x's pages leave memory after each."""
+    for start in range(0, x.shape[0], block_rows):
+        yield start, np.asarray(x[start:start + block_rows])
+        drop_pages(x)
+
+
+class _UniformGrid:
+    """gap_fit's ``uniform`` grid: ⌈m^(1/d)⌉ bins per dimension over [min, max] of the candidates;
+    the bin of a value is NINT((x − min)/range·(n_grid − 1)), bins are numbered row-major from the
+    first dimension."""
+
+    def __init__(self, lower: np.ndarray, upper: np.ndarray, m: int):
+        d = lower.size
+        self.lower, self.x_range = lower, upper - lower
+        self.n_grid = int(np.ceil(float(m) ** (1.0 / d)))
+        if d * np.log(max(self.n_grid, 2)) > np.log(2.0 ** 63):
+            raise ConfigError(f"sparse_method=uniform cannot grid a {d}-dimensional descriptor "
+                              f"({self.n_grid}^{d} bins); use cur_points or random")
+        self.n_bins = self.n_grid ** d
+        self.weights = self.n_grid ** np.arange(d, dtype=np.int64)
+
+    def bins(self, rows: np.ndarray) -> np.ndarray:
+        """The flat bin index of each row (row by row: independent of how the rows are blocked)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t = (rows - self.lower) / self.x_range * (self.n_grid - 1)
+        t[:, self.x_range == 0] = 0.0
+        return _nint(t) @ self.weights
+
+
+def select_uniform(x: np.ndarray, m: int, rng: np.random.Generator, block_rows: int = 1 << 16) -> np.ndarray:
     """gap_fit's ``uniform``: the first point of each new histogram bin in data order, then random fill.
 
-    The grid has ⌈m^(1/d)⌉ bins per dimension over [min, max] (bin of a value:
-    NINT((x − min)/range·(n_grid − 1))).
+    Two passes over x a block at a time (its range; then each occupied bin's first member and
+    count), so that memory grows with the occupied bins, not with the candidates; the random
+    fill recomputes the bins of the rows it draws.
     """
     n, d = x.shape
     if n < m:
         raise DataError(f"uniform sparsification: {n} candidates < {m} sparse points")
-    lower = x.min(axis=0)
-    x_range = x.max(axis=0) - lower
-    n_grid = int(np.ceil(float(m) ** (1.0 / d)))
-    if d * np.log(max(n_grid, 2)) > np.log(2.0 ** 63):
-        raise ConfigError(f"sparse_method=uniform cannot grid a {d}-dimensional descriptor "
-                          f"({n_grid}^{d} bins); use cur_points or random")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        t = (x - lower) / x_range * (n_grid - 1)
-    t[:, x_range == 0] = 0.0
-    bins = _nint(t)
-    weights = n_grid ** np.arange(d, dtype=np.int64)
-    flat = bins @ weights
-    _, first = np.unique(flat, return_index=True)
+    lower, upper = np.full(d, np.inf), np.full(d, -np.inf)
+    for _, rows in _row_blocks(x, block_rows):
+        lower, upper = np.minimum(lower, rows.min(axis=0)), np.maximum(upper, rows.max(axis=0))
+    grid = _UniformGrid(lower, upper, m)
+    # occupied bins (sorted), the first row in each and how many rows each holds
+    occupied, first, count = (np.zeros(0, dtype=np.int64) for _ in range(3))
+    for start, rows in _row_blocks(x, block_rows):
+        b, f, c = np.unique(grid.bins(rows), return_index=True, return_counts=True)
+        pos = np.searchsorted(occupied, b)
+        seen = np.zeros(b.size, dtype=bool)
+        inside = pos < occupied.size
+        seen[inside] = occupied[pos[inside]] == b[inside]
+        count[pos[seen]] += c[seen]
+        new = ~seen
+        occupied, first, count = (np.insert(a, pos[new], v[new]) for a, v in ((occupied, b), (first, f + start),
+                                                                                  (count, c)))
     chosen = list(np.sort(first)[:m])
     if len(chosen) < m:
         # gap_fit's random fill: a random bin (of all n_grid^d), skipped if empty or used up,
         # then random points until one of that bin not yet chosen turns up
-        n_bins = n_grid ** d
-        members: Dict[int, np.ndarray] = {}
-        taken: Dict[int, int] = {}
-        is_chosen = np.zeros(n, dtype=bool)
-        is_chosen[chosen] = True
-        for c in chosen:
-            taken[int(flat[c])] = taken.get(int(flat[c]), 0) + 1
+        taken = np.zeros(occupied.size, dtype=np.int64)
+        np.add.at(taken, np.searchsorted(occupied, grid.bins(np.asarray(x[np.sort(chosen)]))), 1)
         uniform = getattr(rng, "quip_uniform", None) or (lambda: float(rng.random()))
         while len(chosen) < m:
-            b = int(np.ceil(uniform() * n_bins)) - 1
-            if b not in members:
-                members[b] = np.nonzero(flat == b)[0]
-            if members[b].size == 0 or taken.get(b, 0) == members[b].size:
+            b = int(np.ceil(uniform() * grid.n_bins)) - 1
+            j = int(np.searchsorted(occupied, b))
+            if j == occupied.size or occupied[j] != b or taken[j] == count[j]:
                 continue
-            i = _first_draw(rng, n, lambda idx: (flat[idx] == b) & ~is_chosen[idx])
-            chosen.append(i)
-            is_chosen[i] = True
-            taken[b] = taken.get(b, 0) + 1
+            picked = np.asarray(chosen)
+
+            def in_bin_not_chosen(idx):
+                return (grid.bins(np.asarray(x[idx])) == b) & ~np.isin(idx, picked)
+            chosen.append(_first_draw(rng, n, in_bin_not_chosen))
+            taken[j] += 1
     return np.sort(np.asarray(chosen, dtype=np.int64))
 
 

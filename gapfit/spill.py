@@ -60,7 +60,7 @@ def drop_pages(x) -> None:
         mapping.madvise(mmap.MADV_DONTNEED)
 
 
-def take_rows(x: np.ndarray, index: np.ndarray, block_bytes: int = 1 << 25) -> np.ndarray:
+def take_rows(x: np.ndarray, index: np.ndarray, block_bytes: int = 1 << 23) -> np.ndarray:
     """``x[index]``; for a file-backed x, into another temporary file, a block at a time."""
     if not file_backed(x):
         return x[index]

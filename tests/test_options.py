@@ -152,5 +152,5 @@ def test_every_top_level_option_registered():
                 "do_ip_timing", "template_file", "sparsify_only_no_fit", "dryrun", "condition_number_norm",
                 "linear_system_dump_file", "mpi_blocksize_rows", "mpi_blocksize_cols", "mpi_print_all",
                 "export_covariance", "mpi_candidate_order", "report_file", "progress_interval", "linear_solver", "checkpoint_file",
-                "checkpoint_interval", "extend_checkpoint", "row_chunk_mb"}
+                "checkpoint_interval", "extend_checkpoint", "row_chunk_mb", "training_errors", "test_file"}
     assert expected == set(TOP_LEVEL.names())

@@ -138,6 +138,47 @@ def test_uniform_first_point_per_bin():
     assert list(idx) == [0, 2, 4]
 
 
+def _uniform_in_memory(x, m, rng):
+    """``uniform`` from its definition, on the whole array at once: the reference for the blockwise one."""
+    n, d = x.shape
+    lower, x_range = x.min(axis=0), x.max(axis=0) - x.min(axis=0)
+    n_grid = int(np.ceil(float(m) ** (1.0 / d)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = (x - lower) / x_range * (n_grid - 1)
+    t[:, x_range == 0] = 0.0
+    r = np.where(np.abs(t - np.trunc(t)) == 0.5, np.trunc(t) + np.sign(t), np.round(t))  # Fortran NINT
+    flat = r.astype(np.int64) @ (n_grid ** np.arange(d, dtype=np.int64))
+    chosen = list(np.sort(np.unique(flat, return_index=True)[1])[:m])
+    while len(chosen) < m:
+        b = int(np.ceil(rng.quip_uniform() * n_grid ** d)) - 1
+        members = np.nonzero(flat == b)[0]
+        if members.size == 0 or np.isin(members, chosen).all():
+            continue
+        while True:
+            i = int(np.ceil(rng.quip_uniform() * n)) - 1
+            if flat[i] == b and i not in chosen:
+                chosen.append(i)
+                break
+    return np.sort(np.asarray(chosen))
+
+
+@pytest.mark.parametrize("d, m", [(1, 20), (3, 100), (2, 7)])
+def test_uniform_in_blocks_is_uniform_in_memory(d, m):
+    """The blockwise ``uniform`` (two passes; bins recomputed for the random fill), on disk and in
+    memory, with blocks of 37 rows, chooses what the whole-array definition chooses, random fill included."""
+    from gapfit.spill import RowSpill
+    rng = np.random.default_rng(d)
+    x = np.round(rng.normal(size=(3000, d)) ** 3, 1)  # a few crowded bins: the random fill is needed
+    x[100:400] = x[0]
+    spill = RowSpill(d)
+    spill.append(x)
+    for xs in (x, spill.array()):
+        for seed in (1, 2):
+            blockwise = select_uniform(xs, m, QuipRandom(seed), block_rows=37)
+            assert np.array_equal(blockwise, _uniform_in_memory(x, m, QuipRandom(seed))), (d, m, seed)
+            assert np.unique(blockwise).size == m
+
+
 def test_sparsify_only_no_fit(tmp_path):
     fit = GapFit(gap="distance_2b cutoff=4.0 covariance_type=ard_se delta=1 theta_uniform=0.5 n_sparse=10 "
                      "sparse_method=uniform", sparsify_only_no_fit=True, gp_file=str(tmp_path / "s.xml"),

@@ -1,0 +1,146 @@
+"""Error reports (gapfit.scores): the tables a fit prints and writes for its training data and its
+test_file equal the errors computed independently, with quippy's Potential on the written XML
+and ASE's reading of the reference values, serially and under ``mpirun -n 2``."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ase.io import read, write
+
+from conftest import TA_XYZ, mpi_env, run_gapfit
+
+OPTIONS = ["energy_parameter_name=energy", "force_parameter_name=forces", "virial_parameter_name=virial",
+           "e0_method=average", "default_sigma={0.01 0.2 0.1 0.0}", "sparse_jitter=1e-4", "rnd_seed=1",
+           "gap={distance_2b cutoff=5.0 covariance_type=ard_se delta=2.0 theta_uniform=0.75 n_sparse=15 "
+           "sparse_method=uniform : soap l_max=3 n_max=4 atom_sigma=0.5 cutoff=4.0 cutoff_transition_width=0.5 "
+           "central_weight=1.0 covariance_type=dot_product delta=0.2 zeta=2 n_sparse=40 sparse_method=cur_points}"]
+# relative, against quippy's predictions of the same XML.  The σ and jitter above keep α ≲ 2e3, so
+# the two programs' predictions agree to 4e-11 eV/atom and 1e-10 eV/Å; with gap_fit's usual
+# sparse_jitter=1e-8 and σ_E = 2 meV, α reaches 3e5 and rounding alone moves predictions by 5e-9
+# eV/atom, 2e-6 of a 1 meV/atom RMSE.  Errors that are themselves at that level (the forces of
+# perfect crystals, ~1e-11 eV/Å) are compared absolutely, to 1e-9.
+TOLERANCE = 1e-6
+FLOOR = 1e-9
+
+
+def _split(tmp_path):
+    frames = read(str(TA_XYZ), ":")
+    write(str(tmp_path / "train.xyz"), frames[::6])  # 61 frames, every config_type
+    write(str(tmp_path / "test.xyz"), frames[3::12])  # 30 others
+    return frames[::6], frames[3::12]
+
+
+def _independent(xml, frames):
+    """{config_type or "overall": {quantity: (n, rmse, mae)}} from quippy's predictions."""
+    from quippy.potential import Potential
+    pot = Potential(param_filename=str(xml))
+    errors = {}
+    for atoms in frames:
+        n = len(atoms)
+        e_ref, f_ref = atoms.get_potential_energy(), atoms.get_forces()
+        w_ref = np.asarray(atoms.info["virial"], dtype=float).reshape(3, 3)
+        a = atoms.copy()
+        a.calc = pot
+        w = -a.get_stress(voigt=False) * a.get_volume()
+        de = (a.get_potential_energy() - e_ref) / n
+        df = (a.get_forces() - f_ref).reshape(-1)
+        dw = (0.5 * (w + w.T) - 0.5 * (w_ref + w_ref.T))[np.tril_indices(3)] / n
+        for group in (atoms.info.get("config_type", "default"), "overall"):
+            g = errors.setdefault(group, {"energy": [], "forces": [], "virial": [], "max": 0.0})
+            g["energy"].append([de])
+            g["forces"].append(df)
+            g["virial"].append(dw)
+            g["max"] = max(g["max"], float(np.sqrt(((a.get_forces() - f_ref) ** 2).sum(axis=1)).max()))
+    out = {}
+    for group, g in errors.items():
+        out[group] = {q: (np.concatenate(g[q]).size, float(np.sqrt(np.mean(np.concatenate(g[q]) ** 2))),
+                          float(np.mean(np.abs(np.concatenate(g[q]))))) for q in ("energy", "forces", "virial")}
+        out[group]["max"] = g["max"]
+    return out
+
+
+def _compare(summary, expected):
+    groups = dict(summary["config_types"], overall=summary["overall"])
+    assert set(groups) == set(expected)
+    for group, ref in expected.items():
+        got = groups[group]
+        for q in ("energy", "forces", "virial"):
+            n, rmse, mae = ref[q]
+            assert got[q]["n"] == n, (group, q)
+            assert got[q]["rmse"] == pytest.approx(rmse, rel=TOLERANCE, abs=FLOOR), (group, q)
+            assert got[q]["mae"] == pytest.approx(mae, rel=TOLERANCE, abs=FLOOR), (group, q)
+        assert got["forces"]["max"] == pytest.approx(ref["max"], rel=TOLERANCE, abs=FLOOR), group
+
+
+@pytest.mark.parametrize("ranks", [None, 2])
+def test_training_and_test_errors_equal_quippys(tmp_path, quippy, ranks):
+    train, test = _split(tmp_path)
+    proc = run_gapfit(["at_file=train.xyz", "test_file=test.xyz", "gp_file=gp.xml", "report_file=report.json",
+                       *OPTIONS], tmp_path, mpi_ranks=ranks)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    _compare(report["errors"]["training"], _independent(tmp_path / "gp.xml", train))
+    _compare(report["errors"]["test"]["test.xyz"], _independent(tmp_path / "gp.xml", test))
+    assert "Errors on the training data" in proc.stdout and "Errors on test_file 'test.xyz'" in proc.stdout
+    # the table in the log: one row per config_type and the overall row, energies in meV/atom
+    overall = report["errors"]["training"]["overall"]
+    row = next(line for line in proc.stdout.splitlines() if line.strip().startswith("overall"))
+    assert f"{overall['energy']['rmse'] * 1e3:.4g}" in row.split()
+    worst = report["errors"]["training"]["overall"]["forces"]
+    assert 1 <= worst["max_frame"] <= len(train) and worst["max_atom"] >= 1
+    # gapfit-eval on the same model and file, with the same number of ranks: the same table
+    proc = _gapfit_eval(["gp.xml", "test.xyz", "energy_parameter_name=energy", "force_parameter_name=forces",
+                         "virial_parameter_name=virial", "--json", "eval.json", "--plot", "parity"], tmp_path, ranks)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    evaluated = json.loads((tmp_path / "eval.json").read_text())["errors"]["test.xyz"]
+    fitted = report["errors"]["test"]["test.xyz"]
+    for group in ["overall"] + list(fitted["config_types"]):
+        a = fitted[group] if group == "overall" else fitted["config_types"][group]
+        b = evaluated[group] if group == "overall" else evaluated["config_types"][group]
+        for q in ("energy", "forces", "virial"):
+            assert b[q]["n"] == a[q]["n"] and b[q]["rmse"] == pytest.approx(a[q]["rmse"], rel=1e-12, abs=1e-15)
+    for quantity in ("energy", "forces", "virial"):
+        assert (tmp_path / f"parity_{quantity}.png").stat().st_size > 10000
+
+
+def _gapfit_eval(args, cwd, ranks=None):
+    cmd = [sys.executable, "-m", "gapfit.evaluate", *args]
+    if ranks:
+        cmd = [shutil.which("mpirun"), "-n", str(ranks),
+               *(["--oversubscribe"] if ranks > (os.cpu_count() or 1) else []), *cmd]
+    return subprocess.run(cmd, cwd=str(cwd), env=mpi_env(), capture_output=True, text=True, timeout=600)
+
+
+def test_gapfit_eval_refuses_bad_input_in_one_line(tmp_path):
+    _split(tmp_path)
+    (tmp_path / "gp.xml").write_text("<GAP_params/>")
+    cases = [(["missing.xml", "test.xyz"], "gapfit-eval: error: 'missing.xml' does not exist", 2),
+             (["gp.xml", "test.xyz", "energy_paramter_name=energy"],
+              "gapfit-eval: error: unknown key 'energy_paramter_name' on the gapfit-eval command line; "
+              "did you mean 'energy_parameter_name'?", 2),
+             (["gp.xml", "energy_parameter_name=energy"], "gapfit-eval: error: no data file given", 2),
+             (["gp.xml", "test.xyz"], "gapfit-eval: error: GAP model 'gp.xml' has no <gpSparse>", 1),
+             (["test.xyz", "test.xyz"], "gapfit-eval: error: GAP model 'test.xyz' is not well-formed XML", 1)]
+    for args, message, status in cases:
+        proc = _gapfit_eval(args, tmp_path)
+        assert proc.returncode == status and proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_training_errors_can_be_switched_off_and_test_file_is_checked_first(tmp_path):
+    _split(tmp_path)
+    proc = run_gapfit(["at_file=train.xyz", "test_file=missing.xyz", "gp_file=gp.xml", *OPTIONS], tmp_path)
+    assert proc.returncode != 0 and not (tmp_path / "gp.xml").exists()
+    assert proc.stderr.strip().splitlines()[-1] == "gapfit: error: test_file 'missing.xyz' does not exist"
+    shutil.copy(tmp_path / "train.xyz", tmp_path / "copy.xyz")
+    proc = run_gapfit(["at_file=train.xyz", "test_file=copy.xyz", "gp_file=copy.xyz", *OPTIONS], tmp_path)
+    assert proc.returncode != 0 and "would overwrite the input test_file 'copy.xyz'" in proc.stderr
+    proc = run_gapfit(["at_file=train.xyz", "training_errors=F", "gp_file=gp.xml", "report_file=r.json",
+                       *OPTIONS], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Errors on" not in proc.stdout and "errors" not in json.loads((tmp_path / "r.json").read_text())
