@@ -19,6 +19,8 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from .data import TargetNames
+from .errors import ConfigError
 from .extxyz import MemorySource, XyzFileSource
 from .gap_xml import write_model
 from .options import join_argv, parse_top_level, quote_value
@@ -72,7 +74,8 @@ class GapFit:
     Attributes (after :meth:`fit`)
     --------------------------------
     model_ : GapModel, alpha_, sparse_x_, sparse_cutoff_, sparse_index_, e0_,
-    timings_, files_ (paths written).
+    timings_, files_ (paths written), errors_ (the error tables of the training data and
+    test_file, as in ``report_file``: see :mod:`gapfit.scores`).
     """
 
     def __init__(self, options=None, *, comm=None, stream=None, quiet: bool = False, **keys):
@@ -133,7 +136,35 @@ class GapFit:
         self.e0_ = result.e0
         self.timings_ = result.timings
         self.files_ = result.files
+        self.errors_ = result.errors
+        self._name_options = {key: opts.values[key] for key in _name_defaults()}
         return self
+
+    def predict(self, frames) -> List[Dict[str, np.ndarray]]:
+        """The fitted model's energy (eV), forces (eV/Å), virial (eV) and local energies of each
+        structure (a path, or a list of ase.Atoms)."""
+        potential, source = self._potential(), _frames(frames)
+        return [potential.evaluate(frame) for frame in source.read(_all(source))]
+
+    def score(self, frames, **names) -> List[dict]:
+        """The fitted model's errors on labelled ``frames`` (a path or a list of ase.Atoms), one dict
+        per config_type and one "overall" (definitions: :mod:`gapfit.scores`).  The reference values
+        are found under the fit's ``*_parameter_name`` keys unless ``names`` gives others."""
+        from .scores import ErrorTable, score_frames
+        unknown = sorted(set(names) - set(_name_defaults()))
+        if unknown:
+            raise ConfigError(f"score: unknown key '{unknown[0]}' (the keys are {', '.join(_name_defaults())})")
+        target_names = TargetNames.from_options({**self._name_options, **names})
+        source = _frames(frames)
+        return score_frames(self._potential(), source.read(_all(source)), target_names, ErrorTable()).rows()
+
+    def _potential(self):
+        from .calculator import GapPotential
+        if getattr(self, "model_", None) is None:
+            raise RuntimeError("fit (or extend) first: there is no fitted model")
+        if getattr(self, "_potential_cache", None) is None or self._potential_cache.model is not self.model_:
+            self._potential_cache = GapPotential(self.model_)
+        return self._potential_cache
 
     def write_xml(self, path: str, separate_sparse: bool = True) -> List[str]:
         """Write the fitted model to ``path`` (and its sparseX files) atomically."""
@@ -143,6 +174,24 @@ class GapFit:
         """An ASE calculator for the fitted model (no file needed)."""
         from .calculator import GapCalculator
         return GapCalculator(model=self.model_)
+
+
+def _frames(frames):
+    """A frame source for a path or a list of structures."""
+    if isinstance(frames, (str, os.PathLike)):
+        return XyzFileSource(os.fspath(frames), key="frames")
+    return MemorySource(list(frames))
+
+
+def _all(source):
+    return source.index()[0]
+
+
+def _name_defaults() -> Dict[str, str]:
+    """The *_parameter_name keys at gap_fit's defaults (as TargetNames.from_options wants them)."""
+    from .options import TOP_LEVEL
+    return {p.name: p.default for p in TOP_LEVEL.params if p.name.endswith("parameter_name") or
+            p.name == "parameter_name_prefix"}
 
 
 def fit(frames=None, **options) -> GapFit:

@@ -144,3 +144,42 @@ def test_training_errors_can_be_switched_off_and_test_file_is_checked_first(tmp_
                        *OPTIONS], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Errors on" not in proc.stdout and "errors" not in json.loads((tmp_path / "r.json").read_text())
+
+
+def test_api_score_and_predict_equal_the_fits_report(tmp_path):
+    """GapFit.score on the test frames (ase.Atoms) gives the fit's test_file table; GapFit.predict
+    gives the calculator's predictions."""
+    from gapfit import GapFit
+    from gapfit.calculator import GapCalculator
+
+    train, test = _split(tmp_path)
+    options = {k: v for k, v in (w.split("=", 1) for w in OPTIONS)}
+    fit = GapFit(quiet=True, test_file=str(tmp_path / "test.xyz"), **options).fit(train)
+    from_fit = fit.errors_["test"][str(tmp_path / "test.xyz")]
+    rows = {r["config_type"]: r for r in fit.score(test)}
+    assert set(rows) == set(from_fit["config_types"]) | {"overall"}
+    for q in ("energy", "forces", "virial"):
+        assert rows["overall"][q]["rmse"] == pytest.approx(from_fit["overall"][q]["rmse"], rel=1e-12)
+    assert fit.errors_["training"]["overall"]["frames"] == len(train)
+    # other reference keys: scoring against the model's own predictions gives zero errors
+    calc = GapCalculator(model=fit.model_)
+    relabelled = []
+    for atoms in test[:5]:
+        a = atoms.copy()
+        a.calc = calc
+        a.info["e_pred"] = a.get_potential_energy()
+        a.arrays["f_pred"] = a.get_forces()
+        a.calc = None
+        relabelled.append(a)
+    zero = {r["config_type"]: r for r in fit.score(relabelled, energy_parameter_name="e_pred",
+                                                   force_parameter_name="f_pred", virial_parameter_name="none")}
+    assert zero["overall"]["energy"]["rmse"] < 1e-12 and zero["overall"]["forces"]["rmse"] < 1e-12
+    assert zero["overall"]["virial"]["n"] == 0
+    predictions = fit.predict(test[:3])
+    for atoms, pred in zip(test[:3], predictions):
+        a = atoms.copy()
+        a.calc = calc
+        assert pred["energy"] == pytest.approx(a.get_potential_energy(), rel=1e-12)
+        assert np.abs(pred["forces"] - a.get_forces()).max() < 1e-10
+    with pytest.raises(Exception, match="unknown key 'energy_name'"):
+        fit.score(test, energy_name="x")
