@@ -236,7 +236,8 @@ def _run_fit(opts, source, comm, stream, quiet, write, extends, stop) -> FitResu
             if v["export_covariance"] and r is not None:
                 files += rank0_call(comm, _write_r, r, gp_file, label)
     _report_files(log, files)
-    errors = _error_reports(comm, log, model, source, entries, my_frames, names, v)
+    errors = _error_reports(comm, log, model, source, entries, my_frames, names, v,
+                            "the new frames" if extends is not None else "the training data")
     log.rank_table({**solution.table, "gemm GFLOP": stats["gemm_flops"] / 1e9,
                     "descriptor s": stats["descriptor_seconds"], "kernel rows s": stats["kernel_seconds"]})
     if v["report_file"]:
@@ -252,8 +253,9 @@ def _run_fit(opts, source, comm, stream, quiet, write, extends, stop) -> FitResu
                      e0=e0, timings=log.timing_summary(), files=files, errors=errors)
 
 
-def _error_reports(comm, log, model, source, entries, my_frames, names, v) -> Dict[str, dict]:
-    """The fitted model's errors per config_type on the training data and on each test_file."""
+def _error_reports(comm, log, model, source, entries, my_frames, names, v, what) -> Dict[str, dict]:
+    """The fitted model's errors per config_type on this run's frames (``what``: the training data, or an
+    extension's new frames) and on each test_file."""
     from .calculator import GapPotential
     from .scores import report_errors, test_file_errors
 
@@ -263,9 +265,8 @@ def _error_reports(comm, log, model, source, entries, my_frames, names, v) -> Di
     potential = GapPotential(model)
     errors: Dict[str, dict] = {}
     if v["training_errors"]:
-        with log.phase("Errors on the training data"):
-            errors["training"] = report_errors(comm, log, potential, source, entries, my_frames, names,
-                                               "the training data")
+        with log.phase(f"Errors on {what}"):
+            errors["training"] = report_errors(comm, log, potential, source, entries, my_frames, names, what)
     for path in tests:
         with log.phase(f"Errors on test_file '{path}'"):
             errors.setdefault("test", {})[path] = test_file_errors(comm, log, potential, path, names)
