@@ -137,7 +137,7 @@ class GapFit:
         self.timings_ = result.timings
         self.files_ = result.files
         self.errors_ = result.errors
-        self._name_options = {key: opts.values[key] for key in _name_defaults()}
+        self._name_options = {key: opts.values[key] for key in TargetNames.OPTION_KEYS}
         return self
 
     def predict(self, frames) -> List[Dict[str, np.ndarray]]:
@@ -151,9 +151,9 @@ class GapFit:
         per config_type and one "overall" (definitions: :mod:`gapfit.scores`).  The reference values
         are found under the fit's ``*_parameter_name`` keys unless ``names`` gives others."""
         from .scores import ErrorTable, score_frames
-        unknown = sorted(set(names) - set(_name_defaults()))
+        unknown = sorted(set(names) - set(TargetNames.OPTION_KEYS))
         if unknown:
-            raise ConfigError(f"score: unknown key '{unknown[0]}' (the keys are {', '.join(_name_defaults())})")
+            raise ConfigError(f"score: unknown key '{unknown[0]}' (the keys are {', '.join(TargetNames.OPTION_KEYS)})")
         target_names = TargetNames.from_options({**self._name_options, **names})
         source = _frames(frames)
         return score_frames(self._potential(), source.read(_all(source)), target_names, ErrorTable()).rows()
@@ -185,13 +185,6 @@ def _frames(frames):
 
 def _all(source):
     return source.index()[0]
-
-
-def _name_defaults() -> Dict[str, str]:
-    """The *_parameter_name keys at gap_fit's defaults (as TargetNames.from_options wants them)."""
-    from .options import TOP_LEVEL
-    return {p.name: p.default for p in TOP_LEVEL.params if p.name.endswith("parameter_name") or
-            p.name == "parameter_name_prefix"}
 
 
 def fit(frames=None, **options) -> GapFit:

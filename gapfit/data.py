@@ -43,6 +43,11 @@ class TargetNames:
     force_mask: str
     local_property: str
 
+    #: the options :meth:`from_options` reads (gapfit-eval and GapFit.score take them too)
+    OPTION_KEYS = ("energy_parameter_name", "force_parameter_name", "virial_parameter_name", "stress_parameter_name",
+                   "hessian_parameter_name", "config_type_parameter_name", "kernel_regularisation_parameter_name",
+                   "force_mask_parameter_name", "local_property_parameter_name", "parameter_name_prefix")
+
     @classmethod
     def from_options(cls, values: Dict) -> "TargetNames":
         p = values.get("parameter_name_prefix", "") or ""

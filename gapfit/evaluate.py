@@ -21,19 +21,15 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from .data import TargetNames
 from .errors import ConfigError, GapfitError
 from .schema import Schema, apply_schema
-
-#: the fit's keys that say where the reference values are
-NAME_KEYS = ("energy_parameter_name", "force_parameter_name", "virial_parameter_name", "stress_parameter_name",
-             "config_type_parameter_name", "force_mask_parameter_name", "parameter_name_prefix",
-             "hessian_parameter_name", "local_property_parameter_name", "kernel_regularisation_parameter_name")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gapfit-eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="keys (key=value): " + ", ".join(NAME_KEYS[:7]))
+                                epilog="keys (key=value): " + ", ".join(TargetNames.OPTION_KEYS))
     p.add_argument("model", help="GAP XML file")
     p.add_argument("words", nargs="+", metavar="DATA.xyz|key=value", help="extended XYZ files and keys")
     p.add_argument("--json", metavar="FILE", help="write the tables as JSON")
@@ -42,10 +38,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _names(words: List[str]):
-    from .data import TargetNames
     from .options import TOP_LEVEL, key_values
 
-    schema = Schema([p for p in TOP_LEVEL.params if p.name in NAME_KEYS])
+    schema = Schema([p for p in TOP_LEVEL.params if p.name in TargetNames.OPTION_KEYS])
     pairs = key_values(" ".join(words), what="the command line") if words else []
     values, _ = apply_schema(schema, pairs, "on the gapfit-eval command line")
     return TargetNames.from_options(values)
@@ -58,21 +53,14 @@ def evaluate_files(comm, log, model_path: str, paths: List[str], names, collect:
     predicted) values of every frame, for parity plots.
     """
     from .calculator import GapPotential
-    from .data import assign_frames
-    from .extxyz import XyzFileSource
-    from .parallel import rank0_call
-    from .scores import ParityPoints, report_errors
+    from .scores import ParityPoints, file_errors
 
     potential = GapPotential.from_file(model_path)  # every rank (the same file: the same outcome)
     out = {}
     for path in paths:
-        source = XyzFileSource(path, key="data file")
-        entries = rank0_call(comm, lambda: source.index()[0])
-        owner = assign_frames(np.array([e.n_atoms for e in entries], dtype=np.int64), comm.size)
         points = ParityPoints() if collect else None
         with log.phase(f"Errors on '{path}'"):
-            out[path] = report_errors(comm, log, potential, source, entries, np.nonzero(owner == comm.rank)[0],
-                                      names, f"'{path}'", points=points)
+            out[path] = file_errors(comm, log, potential, path, names, "data file", f"'{path}'", points=points)
         if collect:
             merged = points.gather(comm)
             if merged is not None:

@@ -257,7 +257,7 @@ def _error_reports(comm, log, model, source, entries, my_frames, names, v, what)
     """The fitted model's errors per config_type on this run's frames (``what``: the training data, or an
     extension's new frames) and on each test_file."""
     from .calculator import GapPotential
-    from .scores import report_errors, test_file_errors
+    from .scores import file_errors, report_errors
 
     tests = test_files(v)
     if not v["training_errors"] and not tests:
@@ -269,7 +269,8 @@ def _error_reports(comm, log, model, source, entries, my_frames, names, v, what)
             errors["training"] = report_errors(comm, log, potential, source, entries, my_frames, names, what)
     for path in tests:
         with log.phase(f"Errors on test_file '{path}'"):
-            errors.setdefault("test", {})[path] = test_file_errors(comm, log, potential, path, names)
+            errors.setdefault("test", {})[path] = file_errors(comm, log, potential, path, names, "test_file",
+                                                              f"test_file '{path}'")
     return errors
 
 

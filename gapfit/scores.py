@@ -26,6 +26,11 @@ QUANTITIES = (("energy", "eV/atom"), ("forces", "eV/Å"), ("virial", "eV/atom"))
 OVERALL = "overall"
 
 
+def _larger_force_error(a: tuple, b: tuple) -> tuple:
+    """The larger of two (|ΔF|, frame, atom) records; of equal ones, the earlier frame's."""
+    return max(a, b, key=lambda m: (m[0], -m[1]))
+
+
 class _Sums:
     """Counts, sums of squares and of absolute values of one group's errors, and its largest force error."""
 
@@ -49,7 +54,7 @@ class _Sums:
         self.n += other.n
         self.sq += other.sq
         self.abs += other.abs
-        self.max_force = max(self.max_force, other.max_force, key=lambda m: (m[0], -m[1]))
+        self.max_force = _larger_force_error(self.max_force, other.max_force)
 
     def summary(self) -> dict:
         out = {"frames": self.frames, "atoms": self.atoms}
@@ -82,8 +87,8 @@ class ErrorTable:
             sums.add(1, force_errors)
             norms = np.sqrt(np.einsum("ij,ij->i", force_errors, force_errors))
             worst = int(np.argmax(norms))
-            sums.max_force = max(sums.max_force, (float(norms[worst]), frame_number, int(force_atoms[worst]) + 1),
-                                 key=lambda m: (m[0], -m[1]))
+            sums.max_force = _larger_force_error(sums.max_force,
+                                                 (float(norms[worst]), frame_number, int(force_atoms[worst]) + 1))
         if virial_error is not None:
             sums.add(2, np.asarray(virial_error)[_LOWER] / n_atoms)
 
@@ -219,14 +224,16 @@ def report_errors(comm, log, potential, source, entries, frames, names: TargetNa
     return comm.bcast(summary, root=0)
 
 
-def test_file_errors(comm, log, potential, path: str, names: TargetNames) -> dict:
-    """:func:`report_errors` on the frames of an extended XYZ file, spread over the ranks by atom count."""
+def file_errors(comm, log, potential, path: str, names: TargetNames, key: str, what: str,
+                points: Optional[ParityPoints] = None) -> dict:
+    """:func:`report_errors` on the frames of an extended XYZ file (named by option ``key`` in
+    errors), spread over the ranks by atom count."""
     from .data import assign_frames
     from .extxyz import XyzFileSource
     from .parallel import rank0_call
 
-    source = XyzFileSource(path, key="test_file")
+    source = XyzFileSource(path, key=key)
     entries = rank0_call(comm, lambda: source.index()[0])
     owner = assign_frames(np.array([e.n_atoms for e in entries], dtype=np.int64), comm.size)
-    return report_errors(comm, log, potential, source, entries, np.nonzero(owner == comm.rank)[0], names,
-                         f"test_file '{path}'")
+    return report_errors(comm, log, potential, source, entries, np.nonzero(owner == comm.rank)[0], names, what,
+                         points=points)
