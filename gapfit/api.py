@@ -75,7 +75,12 @@ class GapFit:
     --------------------------------
     model_ : GapModel, alpha_, sparse_x_, sparse_cutoff_, sparse_index_, e0_,
     timings_, files_ (paths written), errors_ (the error tables of the training data and
-    test_file, as in ``report_file``: see :mod:`gapfit.scores`).
+    test_file, as in ``report_file``: see :mod:`gapfit.scores`), log_likelihood_ (the log
+    marginal likelihood of the training data: :mod:`gapfit.evidence`).
+
+    With ``fit(..., keep_kernel_rows=True)``, :meth:`refit`, :meth:`scan` and :meth:`optimise`
+    re-solve with other σ, δ or sparse_jitter at the cost of a QR (:mod:`gapfit.refit`).
+    :meth:`committee` samples models from the posterior of α.
     """
 
     def __init__(self, options=None, *, comm=None, stream=None, quiet: bool = False, **keys):
@@ -95,9 +100,13 @@ class GapFit:
         self.option_text = text
 
     # ------------------------------------------------------------------
-    def fit(self, frames=None) -> "GapFit":
-        """Fit to ``frames`` (a path or a list of ase.Atoms); None means the at_file option."""
-        return self._run(self.option_text, frames)
+    def fit(self, frames=None, keep_kernel_rows: bool = False) -> "GapFit":
+        """Fit to ``frames`` (a path or a list of ase.Atoms); None means the at_file option.
+
+        ``keep_kernel_rows``: keep the unscaled K_NM rows (N×M doubles, in memory or in a
+        temporary file) for :meth:`refit`, :meth:`scan` and :meth:`optimise`.
+        """
+        return self._run(self.option_text, frames, keep_kernel_rows)
 
     def extend(self, frames, checkpoint: str) -> "GapFit":
         """Extend the finished fit saved in ``checkpoint`` (a ``checkpoint_file``) with ``frames``.
@@ -109,7 +118,7 @@ class GapFit:
         return self._run((self.option_text + " extend_checkpoint=" + quote_value(os.fspath(checkpoint))).strip(),
                          frames)
 
-    def _run(self, text: str, frames) -> "GapFit":
+    def _run(self, text: str, frames, keep_kernel_rows: bool = False) -> "GapFit":
         source = None
         if frames is not None and not isinstance(frames, (str, os.PathLike)):
             source = MemorySource(list(frames))
@@ -126,7 +135,14 @@ class GapFit:
             source = XyzFileSource(opts["at_file"])
         # unlike the CLI, the API writes files only when gp_file is given
         result = run_fit(opts, source, comm=self.comm, stream=self.stream, quiet=self.quiet,
-                         write=opts.has("gp_file"), extends=extends)
+                         write=opts.has("gp_file"), extends=extends, keep_kernel_rows=keep_kernel_rows)
+        self._take(result)
+        self._name_options = {key: opts.values[key] for key in TargetNames.OPTION_KEYS}
+        self._problem = result.refit
+        self._settings = None
+        return self
+
+    def _take(self, result) -> None:
         self.result_ = result
         self.model_ = result.model
         self.alpha_ = result.alpha
@@ -137,8 +153,77 @@ class GapFit:
         self.timings_ = result.timings
         self.files_ = result.files
         self.errors_ = result.errors
-        self._name_options = {key: opts.values[key] for key in TargetNames.OPTION_KEYS}
-        return self
+        self.log_likelihood_ = result.log_likelihood
+        self.r_ = result.r
+
+    # --- refits, scans, committees (gapfit.refit, gapfit.tuning, gapfit.committee) ----------
+    def _refit_problem(self):
+        if getattr(self, "_problem", None) is None:
+            raise RuntimeError("refit, scan and optimise need the kernel rows: fit with keep_kernel_rows=True")
+        return self._problem
+
+    def _current_settings(self):
+        from .tuning import base_settings
+        return self._settings or base_settings(self._refit_problem())
+
+    def refit(self, **keys) -> "GapFit":
+        """A new GapFit re-solved with other ``default_sigma`` (or ``energy_sigma``, ``force_sigma``,
+        ``virial_sigma``), ``config_type_sigma`` (gap_fit's string or {name: [E, F, V, H]}), ``delta``
+        (a list, one per descriptor after add_species, or {descriptor number: δ}) or ``sparse_jitter``.
+
+        Costs a QR: the cached kernel rows are rescaled.  Equal to a fit from scratch with those
+        options (the sparse points and e0 are this fit's).  Collective under MPI.
+        """
+        from .tuning import refit_model, settings
+        problem = self._refit_problem()
+        chosen = settings(problem, self._current_settings(), **keys)
+        model, solved = refit_model(problem, self.model_, chosen)
+        new = GapFit.__new__(GapFit)
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_potential_cache"})
+        new.model_, new._settings = model, chosen
+        new.alpha_ = [c.alpha for c in model.coordinates]
+        new.log_likelihood_, new.r_, new.errors_, new.files_ = solved.log_likelihood, solved.r, {}, []
+        return new
+
+    def scan(self, grid: Dict[str, list], objective: str = None, validation=None, folds: int = None,
+             seed: int = 0):
+        """Refit at every point of ``grid`` ({refit key: [values]}) and rank the points.
+
+        ``objective``: "likelihood" (the default without validation: the log marginal likelihood,
+        maximised) or the validation RMSE of "energy", "forces" (the default with validation) or
+        "virial", on ``validation`` frames or by ``folds``-fold cross-validation.  Returns a
+        :class:`gapfit.tuning.ScanResult`: the table, the best point, and the best model refitted.
+        """
+        from .tuning import Objective, ScanResult, grid_points, settings
+        problem = self._refit_problem()
+        evaluate = Objective(problem, objective, _source_or_none(validation), folds, seed)
+        rows = []
+        for point in grid_points(grid):
+            rows.append({**point, **evaluate(settings(problem, self._current_settings(), **point))})
+        best = min(range(len(rows)), key=lambda k: rows[k]["objective"])
+        point = {k: rows[best][k] for k in grid}
+        return ScanResult(objective=evaluate.name, table=rows, best=point, fit=self.refit(**point))
+
+    def optimise(self, keys=("energy_sigma", "force_sigma"), objective: str = None, validation=None,
+                 folds: int = None, seed: int = 0, max_evaluations: int = 60):
+        """Minimise the objective of :meth:`scan` over the refit ``keys`` (scalars: energy_sigma,
+        force_sigma, virial_sigma, sparse_jitter, or delta of a one-descriptor fit) by Nelder–Mead in
+        log space, from this fit's values.  Returns a :class:`gapfit.tuning.ScanResult` of every
+        evaluation."""
+        from .tuning import Objective, ScanResult, optimise_settings
+        problem = self._refit_problem()
+        evaluate = Objective(problem, objective, _source_or_none(validation), folds, seed)
+        rows, point = optimise_settings(problem, self._current_settings(), list(keys), evaluate, max_evaluations)
+        return ScanResult(objective=evaluate.name, table=rows, best=point, fit=self.refit(**point))
+
+    def committee(self, n: int, seed: int = 0) -> list:
+        """``n`` models with α drawn from the posterior N(α, (AᵀA)⁻¹) as α + R⁻¹ε (GapModel each;
+        write them with :func:`gapfit.gap_xml.write_model`, evaluate them with
+        :class:`gapfit.committee.CommitteeCalculator`)."""
+        from .committee import sample_models
+        if getattr(self, "model_", None) is None:
+            raise RuntimeError("fit first: there is no fitted model")
+        return sample_models(self.model_, self.r_, n, seed, self.comm)
 
     def predict(self, frames) -> List[Dict[str, np.ndarray]]:
         """The fitted model's energy (eV), forces (eV/Å), virial (eV) and local energies of each
@@ -174,6 +259,10 @@ class GapFit:
         """An ASE calculator for the fitted model (no file needed)."""
         from .calculator import GapCalculator
         return GapCalculator(model=self.model_)
+
+
+def _source_or_none(frames):
+    return None if frames is None else _frames(frames)
 
 
 def _frames(frames):

@@ -145,7 +145,7 @@ class Checkpoint:
         r, buffered, rows = factor.state()
         write_files_atomically({self.part_name(generation, rank): _npz_bytes(
             {"r": r, "buffer": buffered, "frames": np.asarray(frames, dtype=np.int64), "rows": np.array(rows),
-             "has_u": np.array(bool(has_u))})})
+             "has_u": np.array(bool(has_u)), "data_stats": factor.data_stats})})
 
     def write_manifest(self, generation: int, n_ranks: int, state: str, fingerprint_: dict, extra=None) -> None:
         data = {"format": FORMAT, "version": VERSION, "generation": generation, "state": state,
@@ -166,7 +166,8 @@ class Checkpoint:
 def _read_part(path: str) -> dict:
     with np.load(path, allow_pickle=False) as npz:
         return {"r": npz["r"], "buffer": npz["buffer"], "frames": npz["frames"], "rows": int(npz["rows"]),
-                "has_u": bool(npz["has_u"])}
+                "has_u": bool(npz["has_u"]),
+                "data_stats": npz["data_stats"] if "data_stats" in npz.files else np.full(2, np.nan)}
 
 
 def _npz_bytes(arrays: Dict[str, np.ndarray]) -> bytes:
@@ -333,12 +334,12 @@ class CheckpointRun:
         if self.adopt:
             part = self.saved_parts[0] if self.saved_parts else None
             if part is not None:
-                factor.adopt(part["r"], part["buffer"], part["rows"])
+                factor.adopt(part["r"], part["buffer"], part["rows"], part["data_stats"])
                 self.my_done = [int(f) for f in part["frames"]]
                 self.has_u = part["has_u"]
         elif comm.rank == 0:
             for part in self.saved_parts:
-                factor.merge(part["r"], part["rows"])
+                factor.merge(part["r"], part["rows"], part["data_stats"])
                 if part["buffer"].shape[0]:
                     factor.add_rows(part["buffer"])
             self.has_u = self.has_u or self.u_folded

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from ase.data import atomic_numbers
 
 from .errors import ConfigError, DataError
 from .extxyz import Frame, FrameIndex, lookup
@@ -259,6 +258,12 @@ class FrameRows:
     has_energy: bool
     force_atoms: np.ndarray  # atoms with force rows (3 rows each), in row order
     has_virial: bool
+    # per row: 0, 1, 2 = an energy, force or virial row whose σ is σ_E, σ_F, σ_V of the config_type's
+    # group (E and V times √N_atoms with sigma_per_atom); 3, 4, 5 = the same with the frame's own σ
+    # (energy_sigma, force_atom_sigma, ...).  A refit with other default_sigma / config_type_sigma
+    # recomputes the first kind
+    sigma_kind: Optional[np.ndarray] = None
+    config_type: str = "default"
 
     @property
     def n_rows(self) -> int:
@@ -326,6 +331,7 @@ def frame_rows(frame: Frame, names: TargetNames, sigmas: SigmaTable, e0: np.ndar
     s = names.sigma
     y: List[np.ndarray] = []
     sig: List[np.ndarray] = []
+    kinds: List[np.ndarray] = []
 
     if labels.has_energy:
         energy = targets.energy - (base["energy"] if base else 0.0) - float(np.sum(e0[frame.numbers]))
@@ -336,6 +342,7 @@ def frame_rows(frame: Frame, names: TargetNames, sigmas: SigmaTable, e0: np.ndar
                             f"check default_sigma, config_type_sigma or energy_{s})")
         y.append(np.array([energy]))
         sig.append(np.array([e_sigma]))
+        kinds.append(np.array([0 if override is None else 3], dtype=np.int8))
 
     if labels.has_forces:
         f_sigma = np.full((n, 3), group[1])
@@ -357,6 +364,8 @@ def frame_rows(frame: Frame, names: TargetNames, sigmas: SigmaTable, e0: np.ndar
         forces = targets.forces - base["forces"] if base else targets.forces
         y.append(-forces[force_atoms].reshape(-1))
         sig.append(f_sigma.reshape(-1))
+        own = override is not None or atom_sigma is not None or comp_sigma is not None
+        kinds.append(np.full(f_sigma.size, 4 if own else 1, dtype=np.int8))
 
     if labels.has_virial:
         w = targets.virial
@@ -377,11 +386,14 @@ def frame_rows(frame: Frame, names: TargetNames, sigmas: SigmaTable, e0: np.ndar
                             f"check default_sigma, config_type_sigma or virial_{s})")
         y.append(np.array([-w[l, k] for l, k in VIRIAL_COMPONENTS]))
         sig.append(v_sig)
+        kinds.append(np.full(6, 5 if (override is not None or comp is not None) else 2, dtype=np.int8))
 
     y_all = np.concatenate(y) if y else np.zeros(0)
     s_all = np.concatenate(sig) if sig else np.zeros(0)
     return FrameRows(y=y_all, sigma=s_all, has_energy=labels.has_energy, force_atoms=force_atoms,
-                     has_virial=labels.has_virial)
+                     has_virial=labels.has_virial,
+                     sigma_kind=np.concatenate(kinds) if kinds else np.zeros(0, dtype=np.int8),
+                     config_type=labels.config_type)
 
 
 # --------------------------------------------------------------------------------------
@@ -396,99 +408,6 @@ def species_in_order(entries: Sequence[FrameIndex]) -> List[int]:
         for z in e.numbers[np.sort(first)]:
             seen.setdefault(int(z), None)
     return list(seen)
-
-
-def parse_e0(text: str) -> np.ndarray:
-    """``e0=`` as one number for every element, or ``{Si:-158.5:O:-432.1}``; index = Z."""
-    e0 = np.zeros(N_ELEMENTS + 1)
-    text = text.strip()
-    if text.startswith("{") and text.endswith("}"):
-        text = text[1:-1]
-    fields = split_fields(text, separators=":", quotes={"{": "}"}, what="e0")
-    fields = [f.strip() for f in fields]
-    if len(fields) == 1:
-        try:
-            e0[1:] = float(fields[0].replace("d", "e").replace("D", "E"))
-        except ValueError:
-            raise ConfigError(f"the 'e0' key must be a number or {{Symbol:value:...}}; got {text!r}") from None
-        return e0
-    if len(fields) % 2:
-        raise ConfigError(f"the 'e0' key must be pairs like {{Si:-158.5:O:-432.1}}; got {len(fields)} fields in {text!r}")
-    for k in range(0, len(fields), 2):
-        sym, val = fields[k], fields[k + 1]
-        z = atomic_numbers.get(sym.capitalize())
-        if not z:
-            raise ConfigError(f"the 'e0' key names an unknown element '{sym}'")
-        try:
-            e0[z] = float(val.replace("d", "e").replace("D", "E"))
-        except ValueError:
-            raise ConfigError(f"the 'e0' value of {sym} must be a number; got {val!r}") from None
-    return e0
-
-
-def isolated_atom_energies(single_atom_frames: Sequence[Frame], names: TargetNames, max_cutoff: float,
-                           neighbour_list) -> Dict[int, Tuple[float, Frame]]:
-    """e0 candidates: one-atom frames with an energy and no neighbour within ``max_cutoff``."""
-    found: Dict[int, Tuple[float, Frame]] = {}
-    for frame in single_atom_frames:
-        energy = energy_of(frame.info, names, frame.where)
-        if energy is None:
-            continue
-        nl = neighbour_list(frame.positions, frame.cell, frame.pbc, max_cutoff)
-        if nl.n_pairs:
-            continue
-        z = int(frame.numbers[0])
-        if z in found:
-            raise DataError(f"{frame.where}: a second isolated-atom frame of element Z={z} "
-                            f"(the first is {found[z][1].where}); e0 would be ambiguous")
-        found[z] = (energy, frame)
-    return found
-
-
-def compute_e0(values: Dict, given: Dict, entries: Sequence[FrameIndex], single_atom_frames: Sequence[Frame],
-               species: Sequence[int], names: TargetNames, max_cutoff: float, neighbour_list,
-               core_energy: Optional[Dict[int, float]] = None) -> Tuple[np.ndarray, str]:
-    """e0 per element (index = Z) and a one-line description of how it was set.
-
-    ``core_energy`` (frame index → the core potential's energy) is subtracted from each
-    energy first, as gap_fit computes e0 from core-subtracted energies.
-    """
-    core_energy = core_energy or {}
-    if "e0" in given:
-        e0 = parse_e0(values["e0"])
-        how = f"e0 given: {values['e0']}"
-    elif values["e0_method"] == "isolated":
-        found = isolated_atom_energies(single_atom_frames, names, max_cutoff, neighbour_list)
-        missing = [z for z in species if z not in found]
-        if missing:
-            from ase.data import chemical_symbols
-            sym = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in missing)
-            raise DataError(f"e0_method=isolated needs a single-atom frame with '{names.energy}' and no neighbour "
-                            f"within {max_cutoff} Å for every species; none for {sym}. "
-                            f"Give e0={{...}} or use e0_method=average")
-        e0 = np.zeros(N_ELEMENTS + 1)
-        for z, (energy, frame) in found.items():
-            e0[z] = energy - core_energy.get(frame.index, 0.0)
-        how = "e0 from isolated atoms" + (" (net of the core potential)" if core_energy else "")
-    else:
-        total, count = 0.0, 0
-        for e in entries:
-            energy = energy_of(e.info, names, f"frame {e.index + 1}")
-            if energy is not None:
-                total += (energy - core_energy.get(e.index, 0.0)) / e.n_atoms
-                count += 1
-        e0 = np.zeros(N_ELEMENTS + 1)
-        e0[1:] = total / count if count else 0.0
-        how = f"e0 = average energy per atom over {count} frames" + (" (net of the core potential)" if core_energy
-                                                                      else "")
-    if "e0_offset" in given:
-        e0[1:] += values["e0_offset"]
-        how += f", plus e0_offset={values['e0_offset']}"
-    if "e0" not in given:
-        present = np.zeros(N_ELEMENTS + 1, dtype=bool)
-        present[list(species)] = True
-        e0[~present] = 0.0
-    return e0, how
 
 
 # --------------------------------------------------------------------------------------

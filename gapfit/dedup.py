@@ -46,9 +46,12 @@ try:  # the sort is sequential by nature: compiled it takes ~0.1 µs an element,
 except ImportError:  # pragma: no cover - numba is a dependency; pure Python gives the same order
     numba = None
 if numba is not None:
-    # the same two functions, compiled (the sift-down is passed in as a compiled function)
+    # the same two functions, compiled (the sift-down is passed in as a compiled function).  The sort
+    # is not cached on disk: numba cannot always pickle the type of a function argument, and then
+    # fails saving its cache ("underlying object has vanished", seen in a fresh checkout); it
+    # compiles in about a second, once per process, and only for ≥ COMPILED_FROM keys.
     _sift_down_compiled = numba.njit(cache=True, nogil=True)(_sift_down)
-    _heap_sort_jit = numba.njit(cache=True, nogil=True)(_heap_sort)
+    _heap_sort_jit = numba.njit(nogil=True)(_heap_sort)
 
     def _heap_sort_compiled(a, idx):
         _heap_sort_jit(a, idx, _sift_down_compiled)

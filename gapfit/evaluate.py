@@ -87,9 +87,11 @@ def plot_parity(summaries: Dict[str, dict], prefix: str) -> List[str]:
             continue
         fig, ax = plt.subplots(figsize=(5.5, 5))
         low, high = np.inf, -np.inf
-        for ct in sorted(groups):
+        # one colour per config_type: tab10 repeats after 10 groups, tab20 does not before 20
+        colours = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+        for k, ct in enumerate(sorted(groups)):
             values = np.concatenate([np.column_stack([np.ravel(r), np.ravel(p)]) for r, p in groups[ct]])
-            ax.scatter(values[:, 0], values[:, 1], s=6, label=ct, alpha=0.7)
+            ax.scatter(values[:, 0], values[:, 1], s=6, label=ct, alpha=0.7, color=colours(k % colours.N))
             low, high = min(low, values.min()), max(high, values.max())
         ax.plot([low, high], [low, high], "k-", lw=0.8)
         ax.set_xlabel(f"reference {title}")

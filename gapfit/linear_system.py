@@ -56,6 +56,7 @@ class FitContext:
     max_cutoff: float
     core: object = None
     species: list = field(default_factory=list)  # in order of first appearance
+    row_cache: object = None  # a gapfit.refit.KernelRowCache that keeps the unscaled rows, or None
 
     @property
     def n_sparse(self) -> int:
@@ -74,6 +75,8 @@ class Solution:
     table: Dict[str, float] = field(default_factory=dict)  # per-rank numbers for the timing table
     report: Dict[str, object] = field(default_factory=dict)  # for report_file
     factor: Optional[TriangularFactor] = None  # streaming: the combined factor (rank 0)
+    r_factor: Optional[np.ndarray] = None  # R of A on rank 0 where the solve has it (committees)
+    log_likelihood: Optional[float] = None  # log marginal likelihood (gapfit.evidence), every rank
 
 
 def available_memory() -> float:
@@ -120,12 +123,14 @@ def solve(ctx: FitContext, path: str, stats: Dict[str, float], run=None) -> Solu
 def _produce(ctx: FitContext, sink, stats, frames, n_rows, after_chunk=None):
     """Every chunk of K_NM rows of ``frames`` into ``sink``; ``after_chunk(frame_ids)`` may stop early (True)."""
     v = ctx.values
-    for k, y, sigma, done in kernel_row_chunks(ctx.source, ctx.entries, frames, ctx.coords, ctx.names, ctx.sigmas,
-                                               ctx.e0, v["kernel_regularisation_is_per_atom"], ctx.max_cutoff,
-                                               ctx.n_sparse, ctx.log, stats, n_rows, ctx.core,
-                                               chunk_bytes=v["row_chunk_mb"] * 2.0 ** 20):
+    for k, y, sigma, labels in kernel_row_chunks(ctx.source, ctx.entries, frames, ctx.coords, ctx.names, ctx.sigmas,
+                                                 ctx.e0, v["kernel_regularisation_is_per_atom"], ctx.max_cutoff,
+                                                 ctx.n_sparse, ctx.log, stats, n_rows, ctx.core,
+                                                 chunk_bytes=v["row_chunk_mb"] * 2.0 ** 20):
+        if ctx.row_cache is not None:  # before the sink scales k in place
+            ctx.row_cache.add(k, y, sigma, labels)
         sink.add(k, y, sigma)
-        if after_chunk is not None and after_chunk(done):
+        if after_chunk is not None and after_chunk(labels.frames):
             return False
     return True
 
@@ -139,6 +144,22 @@ def _log_rates(ctx, stats):
 def cholesky_of_kmm(coords, jitter):
     from .solvers.serial import cholesky_upper
     return cholesky_upper(k_mm(coords, jitter), jitter)
+
+
+def log_u_diag(u: np.ndarray) -> float:
+    """Σ log U_ii of K_MM = UᵀU (half of log|K_MM|)."""
+    return float(np.sum(np.log(np.abs(np.diag(u)))))
+
+
+def _evidence(ctx: FitContext, residual_sq, log_abs_r_diag, log_u, data_stats) -> Optional[float]:
+    """The log marginal likelihood, logged by rank 0 (None if a part is unknown, e.g. an old checkpoint)."""
+    from .evidence import log_marginal_likelihood
+    value = log_marginal_likelihood(residual_sq, log_abs_r_diag, log_u, data_stats[0], data_stats[1])
+    if not np.isfinite(value):
+        return None
+    ctx.log(f"Log marginal likelihood: {value:.10g} ({int(data_stats[0])} target rows, "
+            f"{value / max(data_stats[0], 1):.6g} per row)")
+    return float(value)
 
 
 # --- the dense path ------------------------------------------------------------------------
@@ -185,6 +206,7 @@ def solve_dense(ctx: FitContext, stats) -> Solution:
         np.savetxt(f"{prefix}.b.{comm.rank}", b_local[:filled])
     with log.phase("K_MM and its Cholesky factor"):
         u = rank0_only(comm, cholesky_of_kmm, ctx.coords, v["sparse_jitter"])
+        log_u = log_u_diag(u) if comm.rank == 0 else 0.0
         if comm.size == 1:
             a_local[filled:filled + n_sparse] = u
         else:
@@ -194,12 +216,19 @@ def solve_dense(ctx: FitContext, stats) -> Solution:
     with log.phase("Solving by QR" + (" (ScaLAPACK)" if comm.size > 1 else " (LAPACK)")):
         with log.heartbeat("QR", rank0_call(comm, _qr_estimate, int(ctx.frame_rows.sum()) + n_sparse, n_sparse,
                                             comm.size)):
-            alpha, r = _dense_qr(ctx, a_local, b_local, mb, nb)
+            extras = {}
+            alpha, r, r_factor = _dense_qr(ctx, a_local, b_local, mb, nb, extras)
     del a_local
+    data_stats = comm.allreduce_sum(sink.data_stats) if comm.size > 1 else sink.data_stats
+    log_u = comm.bcast(log_u, root=0) if comm.size > 1 else log_u
+    evidence = _evidence(ctx, extras["residual_sq"], extras["log_abs_r_diag"], log_u, data_stats)
     table = {"target rows": float(n_data_local), "local rows of A": float(n_local),
              "A bytes": 8.0 * n_local * n_sparse}
-    return Solution(alpha=alpha, r=r, table=table,
-                    report={"linear_solver": "dense", "block_sizes": {"mb": mb, "nb": nb, "local_rows": n_local}})
+    report = {"linear_solver": "dense", "block_sizes": {"mb": mb, "nb": nb, "local_rows": n_local},
+              "residual": float(np.sqrt(extras["residual_sq"]))}
+    if evidence is not None:
+        report["log_marginal_likelihood"] = evidence
+    return Solution(alpha=alpha, r=r, table=table, report=report, r_factor=r_factor, log_likelihood=evidence)
 
 
 def _qr_estimate(n_rows, n_cols, n_ranks):
@@ -213,20 +242,21 @@ def _qr_estimate(n_rows, n_cols, n_ranks):
     return flops / (rate * n_ranks), f"estimated: {flops:.2g} flops at {rate / 1e9:.0f} GFLOP/s{per_rank}"
 
 
-def _dense_qr(ctx, a_local, b_local, mb, nb):
+def _dense_qr(ctx, a_local, b_local, mb, nb, extras):
+    """α, R for export_covariance (or None), and R where the solve has it on rank 0 (or None)."""
     comm, log, v = ctx.comm, ctx.log, ctx.values
     if comm.size == 1:
         from .solvers.serial import qr_solve
-        alpha, r = qr_solve(a_local, b_local)
+        alpha, r = qr_solve(a_local, b_local, extras=extras)
         _log_condition_number(log, v, r)
-        return alpha, (r if v["export_covariance"] else None)
+        return alpha, (r if v["export_covariance"] else None), r
     from .solvers.scalapack import qr_solve as sl_qr_solve
     if v["condition_number_norm"].strip():
         log("warning: condition_number_norm is not computed with MPI (as in gap_fit)")
-    out = sl_qr_solve(comm, a_local, b_local, ctx.n_sparse, mb, nb, return_r=v["export_covariance"])
+    out = sl_qr_solve(comm, a_local, b_local, ctx.n_sparse, mb, nb, return_r=v["export_covariance"], extras=extras)
     if v["export_covariance"]:
-        return out
-    return out, None
+        return out[0], out[1], out[1]
+    return out, None, None
 
 
 def _log_condition_number(log, v, r):
@@ -266,12 +296,12 @@ def solve_streaming(ctx: FitContext, stats, run=None) -> Solution:
         f"the {n_sparse + 1}x{n_sparse + 1} triangular factor ({human_bytes(streaming_bytes(n_sparse))} per rank)")
     factor = TriangularFactor(n_sparse)
     fold_u = not (run is not None and run.u_folded)
-    if fold_u:
-        with log.phase("K_MM and its Cholesky factor"):
-            u = rank0_only(comm, cholesky_of_kmm, ctx.coords, v["sparse_jitter"])
-            if comm.rank == 0:
-                factor.add_rows(np.hstack([u, np.zeros((n_sparse, 1))]))
-            del u
+    with log.phase("K_MM and its Cholesky factor"):
+        u = rank0_only(comm, cholesky_of_kmm, ctx.coords, v["sparse_jitter"])
+        log_u = log_u_diag(u) if comm.rank == 0 else 0.0
+        if fold_u and comm.rank == 0:
+            factor.add_rows(np.hstack([u, np.zeros((n_sparse, 1))]))
+        del u
     if run is not None:
         run.begin(factor, common_arrays(ctx), has_u=comm.rank == 0)
         if done.size:
@@ -292,12 +322,19 @@ def solve_streaming(ctx: FitContext, stats, run=None) -> Solution:
         total = reduce_factors(comm, factor) if comm.size > 1 else factor
         alpha, residual, r = rank0_call(comm, _solve_factor, total, v, log)
     log(f"Residual ‖Aα − b‖ = {residual:.6g}")
+    parts = rank0_only(comm, lambda: (total.log_abs_r_diag(), total.data_stats.tolist()))
+    parts = comm.bcast(parts, root=0) if comm.size > 1 else parts
+    log_u = comm.bcast(log_u, root=0) if comm.size > 1 else log_u
+    evidence = _evidence(ctx, residual ** 2, parts[0], log_u, parts[1])
     if run is not None:
         run.finish(total, np.nonzero(ctx.frame_rows > 0)[0])
     table = {"target rows": float(n_rows_local), "factor bytes": float(factor.nbytes),
              "fold s": stats["fold_seconds"]}
-    return Solution(alpha=alpha, r=r, table=table, report={"linear_solver": "streaming", "residual": residual},
-                    factor=total if comm.rank == 0 else None)
+    report = {"linear_solver": "streaming", "residual": residual}
+    if evidence is not None:
+        report["log_marginal_likelihood"] = evidence
+    return Solution(alpha=alpha, r=r, table=table, report=report, factor=total if comm.rank == 0 else None,
+                    r_factor=total.r_factor() if comm.rank == 0 else None, log_likelihood=evidence)
 
 
 def common_arrays(ctx: FitContext) -> dict:

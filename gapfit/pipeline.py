@@ -29,7 +29,8 @@ from .candidates import sparse_points
 from .checkpoint import CheckpointRun, StopRequest
 from .core import load_core, parse_ip_args, read_param_file
 from .covariance import Coordinate
-from .data import (SigmaTable, TargetNames, assign_frames, compute_e0, frame_labels, frame_rows,
+from .e0 import compute_e0
+from .data import (SigmaTable, TargetNames, assign_frames, frame_labels, frame_rows,
                    species_in_order, unused_target_warnings)
 from .dryrun import memory_estimate
 from .errors import ConfigError, DataError
@@ -58,10 +59,13 @@ class FitResult:
     timings: Dict[str, float] = field(default_factory=dict)
     files: List[str] = field(default_factory=list)
     errors: Dict[str, dict] = field(default_factory=dict)  # training / test errors (gapfit.scores)
+    log_likelihood: Optional[float] = None  # log marginal likelihood (gapfit.evidence)
+    r: Optional[np.ndarray] = None  # R of A (rank 0, where the solve has it): committees
+    refit: object = None  # a gapfit.refit.RefitProblem when the kernel rows were kept
 
 
 def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, write=True,
-            extends: Optional[dict] = None) -> FitResult:
+            extends: Optional[dict] = None, keep_kernel_rows: bool = False) -> FitResult:
     """Run the whole fit (every rank calls this); returns the result on every rank.
 
     With ``write=False`` no file is written (the model is returned in memory).  ``extends``: the
@@ -69,11 +73,14 @@ def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, 
     options then come from :func:`gapfit.checkpoint.extension_options`).  With a
     ``checkpoint_file``, SIGTERM and SIGUSR1 are caught for the whole fit (a checkpoint, then exit).
     """
+    if keep_kernel_rows and (opts.values["checkpoint_file"] or extends is not None):
+        raise ConfigError("keep_kernel_rows needs all the fit's rows in one run: leave out checkpoint_file and "
+                          "extend_checkpoint")
     with StopRequest(active=bool(opts.values["checkpoint_file"])) as stop:
-        return _run_fit(opts, source, comm, stream, quiet, write, extends, stop)
+        return _run_fit(opts, source, comm, stream, quiet, write, extends, stop, keep_kernel_rows)
 
 
-def _run_fit(opts, source, comm, stream, quiet, write, extends, stop) -> FitResult:
+def _run_fit(opts, source, comm, stream, quiet, write, extends, stop, keep_kernel_rows=False) -> FitResult:
     comm = comm if comm is not None else SerialComm()
     keep_freed_blocks()  # the chunked phases reuse their large temporaries (gapfit.heap)
     v = opts.values
@@ -223,6 +230,11 @@ def _run_fit(opts, source, comm, stream, quiet, write, extends, stop) -> FitResu
                      coords=coords, names=names, sigmas=sigmas, e0=e0, values=v, max_cutoff=max_cutoff, core=core,
                      species=list(extends["species"]) if extends is not None else species)
     path = "streaming" if run is not None else choose_path(v, int(frame_rows_count.sum()), n_sparse, comm.size, log)
+    if keep_kernel_rows:
+        from .refit import KernelRowCache
+        ctx.row_cache = KernelRowCache(n_sparse, int(frame_rows_count[my_frames].sum()))
+        log(f"Keeping the kernel rows for refits ({human_bytes(8.0 * frame_rows_count[my_frames].sum() * n_sparse)} "
+            f"per rank, {'in memory' if ctx.row_cache.in_memory else 'in a temporary file'})")
     stats: Dict[str, float] = {}
     solution = solve(ctx, path, stats, run)
     alpha, r = solution.alpha, solution.r
@@ -250,7 +262,15 @@ def _run_fit(opts, source, comm, stream, quiet, write, extends, stop) -> FitResu
         rank0_call(comm, _write_json, v["report_file"], report)
     return FitResult(model=model, alpha=alphas, sparse_x=[c.kernel.sparse_x for c in coords],
                      sparse_cutoff=[c.sparse_cutoff for c in coords], sparse_index=[ch.index for ch in choices],
-                     e0=e0, timings=log.timing_summary(), files=files, errors=errors)
+                     e0=e0, timings=log.timing_summary(), files=files, errors=errors,
+                     log_likelihood=solution.log_likelihood, r=solution.r_factor,
+                     refit=_refit_problem(ctx) if keep_kernel_rows else None)
+
+
+def _refit_problem(ctx):
+    from .refit import RefitProblem
+    cache, ctx.row_cache = ctx.row_cache, None
+    return RefitProblem(ctx, cache)
 
 
 def _error_reports(comm, log, model, source, entries, my_frames, names, v, what) -> Dict[str, dict]:
@@ -393,14 +413,15 @@ def _prepare_data(source, specs, v, given, names, sigmas, core=None):
         hint = [k for k in keys if "energ" in k.lower()]
         raise DataError(f"no frame has the energy key '{names.energy}' (energy_parameter_name)"
                         + (f"; the data has {', '.join(hint)}" if hint else ""))
-    e0, how = compute_e0(v, given, entries, singles, species, names, max_cutoff, neighbour_list, core_energy)
+    e0, how, e0_warnings = compute_e0(v, given, entries, singles, species, names, max_cutoff, neighbour_list,
+                                      core_energy)
     option = {"energy": "energy_parameter_name", "force": "force_parameter_name", "virial": "virial_parameter_name"}
     warnings = unused_target_warnings(entries, names, lambda kind: (given.key(option[kind]), option[kind] in given),
                                       v["parameter_name_prefix"])
     # the entries are broadcast to every rank, which only needs where each frame is
     for e in entries:
         e.info, e.numbers, e.logical_arrays = {}, e.numbers[:0], {}
-    return entries, species, e0, how, labels, warnings
+    return entries, species, e0, how, labels, e0_warnings + warnings
 
 
 def _targets_table(log, names, labels, sigmas, v):

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Iterator, Tuple
+from dataclasses import dataclass
+from typing import Iterator, List, Tuple
 
 import numpy as np
 
@@ -27,10 +28,29 @@ from .neighbours import neighbour_list
 CHUNK_BYTES = 16 * 1024 ** 2
 
 
+@dataclass
+class ChunkLabels:
+    """What each row of a chunk is, for sinks that keep rows (:mod:`gapfit.refit`): the σ rule
+    (``FrameRows.sigma_kind``), and the frame (position in the chunk's ``frames``) it belongs to."""
+
+    sigma_kind: np.ndarray  # int8 per row
+    frame_position: np.ndarray  # int32 per row: index into frames / n_atoms / config_types
+    frames: List[int]
+    n_atoms: List[int]
+    config_types: List[str]
+
+    @classmethod
+    def of(cls, frame_rows_list, frames, n_atoms) -> "ChunkLabels":
+        sizes = [fr.y.size for fr in frame_rows_list]
+        return cls(sigma_kind=np.concatenate([fr.sigma_kind for fr in frame_rows_list]),
+                   frame_position=np.repeat(np.arange(len(sizes), dtype=np.int32), sizes),
+                   frames=list(frames), n_atoms=list(n_atoms), config_types=[fr.config_type for fr in frame_rows_list])
+
+
 def kernel_row_chunks(source, entries, my_frames, coords, names, sigmas, e0, sigma_per_atom, max_cutoff, n_columns,
-                      log, stats, n_rows, core=None, chunk_bytes: float = CHUNK_BYTES) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray, list]]:
-    """Yield ``(k, y, sigma, frames)`` for consecutive frames of ``my_frames``: K_NM rows (unscaled), targets,
-    σ, and the indices of the frames they belong to.  A chunk ends at a frame boundary once its
+                      log, stats, n_rows, core=None, chunk_bytes: float = CHUNK_BYTES) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray, ChunkLabels]]:
+    """Yield ``(k, y, sigma, labels)`` for consecutive frames of ``my_frames``: K_NM rows (unscaled), targets,
+    σ, and what the rows are (:class:`ChunkLabels`: their frames' indices in ``labels.frames``).  A chunk ends at a frame boundary once its
     descriptor gradients and K rows take ``chunk_bytes`` (a bigger frame is split by centre atom).
 
     The targets are net of the ``core`` potential, if any.  ``stats`` collects descriptor and
@@ -62,7 +82,7 @@ def kernel_row_chunks(source, entries, my_frames, coords, names, sigmas, e0, sig
         rows = [p[0] for p in pending]
         k = kernel_rows([p[1] for p in pending], rows, [p[2] for p in pending])
         chunk = (k, np.concatenate([r.y for r in rows]), np.concatenate([r.sigma for r in rows]),
-                 [p[3] for p in pending])
+                 ChunkLabels.of(rows, [p[3] for p in pending], [p[2] for p in pending]))
         pending.clear()
         done_rows += pending_rows
         pending_bytes, pending_rows = 0.0, 0
@@ -88,7 +108,7 @@ def kernel_row_chunks(source, entries, my_frames, coords, names, sigmas, e0, sig
                 for atoms in _atom_groups(per_atom, chunk_bytes):
                     k += kernel_rows([describe(frame, nl, grad, atoms)], [fr], [len(frame)])
                 done_rows += fr.y.size
-                yield k, fr.y, fr.sigma, [frame.index]
+                yield k, fr.y, fr.sigma, ChunkLabels.of([fr], [frame.index], [len(frame)])
                 continue
             values = describe(frame, nl, grad)
             pending.append((fr, values, len(frame), frame.index))
@@ -110,9 +130,11 @@ class DenseRows:
     def __init__(self, a_local: np.ndarray, b_local: np.ndarray):
         self.a_local, self.b_local = a_local, b_local
         self.rows = 0  # rows filled so far
+        self.data_stats = np.zeros(2)  # rows and Σ log σ (for the log marginal likelihood)
 
     def add(self, k: np.ndarray, y: np.ndarray, sigma: np.ndarray) -> None:
         n = y.size
+        self.data_stats += (n, float(np.sum(np.log(sigma))))
         k /= sigma[:, None]
         self.a_local[self.rows:self.rows + n] = k
         self.b_local[self.rows:self.rows + n] = y / sigma

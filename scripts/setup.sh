@@ -41,7 +41,7 @@ if [ $tests = 1 ]; then
     echo "setup: installing gapfit with its test extra (quippy-ase) into .venv"
     .venv/bin/python -m pip install -q -e '.[test]'
 else
-    echo "setup: installing gapfit into .venv"
-    .venv/bin/python -m pip install -q -e .
+    echo "setup: installing gapfit with its plot extra (matplotlib, for parity plots) into .venv"
+    .venv/bin/python -m pip install -q -e '.[plot]'
 fi
 echo "setup: done: .venv/bin/gapfit"

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from gapfit.data import (SigmaTable, TargetNames, compute_e0, distribute, frame_rows, parse_e0,
+from gapfit.e0 import compute_e0, parse_e0
+from gapfit.data import (SigmaTable, TargetNames, distribute, frame_rows,
                          species_in_order)
 from gapfit.errors import ConfigError, DataError
 from gapfit.extxyz import Frame, index_xyz

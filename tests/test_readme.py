@@ -73,7 +73,7 @@ def test_readme_blocks_run(checkout, local_slurm):
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
     env["OMPI_MCA_rmaps_base_oversubscribe"] = "1"
     env["SLURM_CONF"] = str(local_slurm)
-    ran = []
+    ran, ran_output = [], []
     for lang, code in code_blocks():
         what = code.strip().splitlines()[0]
         if f"{SETUP} --tests" in code:
@@ -81,8 +81,15 @@ def test_readme_blocks_run(checkout, local_slurm):
         if lang == "python":
             _run([sys.executable, "-c", code], checkout, env, what)
         elif code.strip().startswith(f"{SETUP} && "):
-            _run(["bash", "-euo", "pipefail", "-c", code.strip()[len(SETUP) + 4:]], checkout, env, what)
-            assert read_model(str(checkout / "examples" / "output" / "ta_gap.xml")).coordinates
+            ran_output.append(_run(["bash", "-euo", "pipefail", "-c", code.strip()[len(SETUP) + 4:]], checkout, env,
+                                   what).stdout)
+            output = checkout / "examples" / "output"
+            assert read_model(str(output / "ta_gap.xml")).coordinates
+            # the held-out error table, and the parity plots README points to
+            proc_text = ran_output[-1]
+            assert "Errors on 'held_out.xyz'" in proc_text and "choose_sigma: config_type_sigma=" in proc_text
+            for quantity in ("energy", "forces", "virial"):
+                assert (output / f"parity_{quantity}.png").stat().st_size > 10000
         elif "sbatch" in code:
             proc = _run(["bash", "-euo", "pipefail", "-c", code], checkout, env, what)
             job = re.search(r"Submitted batch job (\d+)", proc.stdout).group(1)

@@ -333,7 +333,7 @@ def _validate(comm, a_local, b_local, n_cols, mb, nb):
     return None, nl, mb, nb
 
 
-def qr_solve(comm, a_local, b_local, n_cols, mb, nb=DEFAULT_NB, return_r=False, timings=None):
+def qr_solve(comm, a_local, b_local, n_cols, mb, nb=DEFAULT_NB, return_r=False, timings=None, extras=None):
     """Least-squares solution of min ‖A x − b‖ for a tall A distributed by rows (ScaLAPACK QR).
 
     Parameters
@@ -359,6 +359,9 @@ def qr_solve(comm, a_local, b_local, n_cols, mb, nb=DEFAULT_NB, return_r=False, 
         for gap_fit's export_covariance.
     timings : dict or None
         If given, filled with the seconds spent in each step.
+    extras : dict or None
+        If given, filled (on every rank) with ``residual_sq`` = ‖A x − b‖² (the tail of Qᵀb) and
+        ``log_abs_r_diag`` = Σ log|R_ii|, for the log marginal likelihood.
 
     Returns
     -------
@@ -371,7 +374,7 @@ def qr_solve(comm, a_local, b_local, n_cols, mb, nb=DEFAULT_NB, return_r=False, 
     n_cols, mb, nb = int(n_cols), int(mb), int(nb)
     t_start = time.perf_counter()
     if not getattr(comm, "is_mpi", False):
-        return _serial_solve(a_local, b_local, n_cols, return_r)
+        return _serial_solve(a_local, b_local, n_cols, return_r, extras)
 
     err, nl, mb, nb = _validate(comm, a_local, b_local, n_cols, mb, nb)
     # One exchange: any rank's local error, and the sizes, which must agree everywhere.
@@ -463,6 +466,11 @@ def qr_solve(comm, a_local, b_local, n_cols, mb, nb=DEFAULT_NB, return_r=False, 
                                      "pdgeqrf", k)
             raise ScalapackError(translate_info("pdtrtrs", k, n_cols), "pdtrtrs", k)
 
+        if extras is not None:  # before pdtrtrs overwrites the head of b: the tail of Qᵀb is the residual
+            tail = b_local[g_all >= n_cols]
+            head = np.abs(a_local[mine, g_mine])
+            sums = comm.allreduce_sum(np.array([float(np.dot(tail, tail)), float(np.sum(np.log(head)))]))
+            extras["residual_sq"], extras["log_abs_r_diag"] = float(sums[0]), float(sums[1])
         # The trick: the same local buffer, described with square MB x MB blocks (one process column).
         desc_r = grid.descinit(M, n_cols, mb, mb, lld)
         lib.pdtrtrs_(c_char_p(b"U"), c_char_p(b"N"), c_char_p(b"N"), byref(n_), byref(one), _ptr(a_local),
@@ -507,14 +515,14 @@ def _lap(timings, name, t0):
     return t1
 
 
-def _serial_solve(a_local, b_local, n_cols, return_r):
+def _serial_solve(a_local, b_local, n_cols, return_r, extras=None):
     from .serial import qr_solve as lapack_qr_solve
 
     if not isinstance(a_local, np.ndarray) or a_local.dtype != np.float64 or not a_local.flags.f_contiguous:
         raise TypeError("a_local must be a Fortran-contiguous float64 numpy array")
     if a_local.ndim != 2 or a_local.shape[1] != n_cols:
         raise ValueError(f"a_local must have n_cols={n_cols} columns (shape {a_local.shape})")
-    x, r = lapack_qr_solve(a_local, b_local, overwrite=True)
+    x, r = lapack_qr_solve(a_local, b_local, overwrite=True, extras=extras)
     return (x, r) if return_r else x
 
 

@@ -12,6 +12,11 @@ import scipy.linalg as sla
 from scipy.linalg import lapack
 
 from ..errors import NumericalError
+from .threads import lapack_threads
+
+#: narrower A always factorises with one BLAS thread (gapfit.solvers.threads); wider ones keep
+#: their threads unless the cores are busy
+SMALL_QR = 256
 
 
 def cholesky_upper(k_mm: np.ndarray, sparse_jitter: float) -> np.ndarray:
@@ -26,24 +31,27 @@ def cholesky_upper(k_mm: np.ndarray, sparse_jitter: float) -> np.ndarray:
     return np.ascontiguousarray(lower.T)
 
 
-def qr_solve(a: np.ndarray, b: np.ndarray, overwrite: bool = True):
+def qr_solve(a: np.ndarray, b: np.ndarray, overwrite: bool = True, extras=None):
     """Least-squares solution of min ‖a·x − b‖ by Householder QR (dgeqrf, dormqr, trtrs).
 
     ``a`` should be Fortran-ordered (it is factorised in place when
-    ``overwrite``).  Returns ``(x, r)`` with the upper-triangular R.
+    ``overwrite``).  Returns ``(x, r)`` with the upper-triangular R.  A dict ``extras`` gets
+    ``residual_sq`` = ‖a·x − b‖² (the tail of Qᵀb) and ``log_abs_r_diag`` = Σ log|R_ii|, which
+    the log marginal likelihood needs.
     """
     n_rows, n_cols = a.shape
     if n_rows < n_cols:
         raise NumericalError(f"the linear system has {n_rows} rows for {n_cols} unknowns")
     a = np.asfortranarray(a)
-    lwork, info = lapack.dgeqrf_lwork(n_rows, n_cols)
-    qr, tau, _, info = lapack.dgeqrf(a, lwork=int(lwork), overwrite_a=int(overwrite))
-    if info != 0:
-        raise NumericalError(f"LAPACK dgeqrf failed (info={info}) on a {n_rows}x{n_cols} matrix")
-    c = np.asfortranarray(np.asarray(b, dtype=float).reshape(-1, 1).copy())
-    _, work, info = lapack.dormqr("L", "T", qr, tau, c, lwork=-1)
-    lwork_q = int(np.real(np.ravel(work)[0]))
-    c, _, info = lapack.dormqr("L", "T", qr, tau, c, lwork=max(lwork_q, n_cols, 1), overwrite_c=1)
+    with lapack_threads(n_cols, small=SMALL_QR):
+        lwork, info = lapack.dgeqrf_lwork(n_rows, n_cols)
+        qr, tau, _, info = lapack.dgeqrf(a, lwork=int(lwork), overwrite_a=int(overwrite))
+        if info != 0:
+            raise NumericalError(f"LAPACK dgeqrf failed (info={info}) on a {n_rows}x{n_cols} matrix")
+        c = np.asfortranarray(np.asarray(b, dtype=float).reshape(-1, 1).copy())
+        _, work, info = lapack.dormqr("L", "T", qr, tau, c, lwork=-1)
+        lwork_q = int(np.real(np.ravel(work)[0]))
+        c, _, info = lapack.dormqr("L", "T", qr, tau, c, lwork=max(lwork_q, n_cols, 1), overwrite_c=1)
     if info != 0:
         raise NumericalError(f"LAPACK dormqr failed (info={info})")
     r = np.triu(qr[:n_cols, :n_cols])
@@ -52,6 +60,9 @@ def qr_solve(a: np.ndarray, b: np.ndarray, overwrite: bool = True):
         k = int(np.argmin(diag)) + 1
         raise NumericalError(f"the QR factor R is singular at diagonal element {k} of {n_cols}: "
                              f"increase sparse_jitter or check for duplicate sparse points")
+    if extras is not None:
+        extras["residual_sq"] = float(np.dot(c[n_cols:, 0], c[n_cols:, 0]))
+        extras["log_abs_r_diag"] = float(np.sum(np.log(diag)))
     x = sla.solve_triangular(r, c[:n_cols, 0], lower=False)
     if not np.all(np.isfinite(x)):
         raise NumericalError("the solution contains NaN or infinity: check the data for extreme values")

@@ -21,10 +21,12 @@ import scipy.linalg as sla
 from scipy.linalg import lapack
 
 from ..errors import NumericalError
+from .threads import lapack_threads
 
 # dtpqrt's inner block size (LAPACK's usual choice for these sizes)
 INNER_BLOCK = 32
-
+#: factors up to this size always fold with one BLAS thread (gapfit.solvers.threads)
+SMALL_FACTOR = 1024
 
 class TriangularFactor:
     """R̃ of the rows [A | b] folded so far: a sink for :func:`gapfit.rows.kernel_row_chunks`.
@@ -45,6 +47,8 @@ class TriangularFactor:
         self._buffer = np.zeros((self.block_rows, n), order="F")
         self._buffered = 0
         self.rows = 0  # rows added through add() (the sink's count, as DenseRows.rows)
+        # data rows and Σ log σ of every row added, merged or adopted (the log marginal likelihood's)
+        self.data_stats = np.zeros(2)
 
     @property
     def nbytes(self) -> int:
@@ -59,6 +63,7 @@ class TriangularFactor:
         np.divide(y, sigma, out=scaled[:, -1])
         self.add_rows(scaled)
         self.rows += n
+        self.data_stats += (n, float(np.sum(np.log(sigma))))
 
     def add_rows(self, rows: np.ndarray) -> None:
         """Rows of [A | b] (already scaled), folded block by block."""
@@ -82,9 +87,11 @@ class TriangularFactor:
         """(R̃, the buffered rows not yet folded, rows folded): what a checkpoint keeps, bit for bit."""
         return self.r, self._buffer[:self._buffered], self.rows_folded
 
-    def adopt(self, r: np.ndarray, buffered: np.ndarray, rows_folded: int) -> None:
+    def adopt(self, r: np.ndarray, buffered: np.ndarray, rows_folded: int, data_stats=None) -> None:
         """Continue exactly where a saved :meth:`state` stopped (the same rounding as without the stop)."""
         self.r = np.asfortranarray(r, dtype=float)
+        if data_stats is not None:
+            self.data_stats = np.array(data_stats, dtype=float)
         self._buffered = 0
         self.rows_folded = int(rows_folded)
         if buffered.shape[0]:
@@ -96,11 +103,13 @@ class TriangularFactor:
         """Nothing folded or buffered yet."""
         return self.rows_folded == 0 and self._buffered == 0 and not self.r.any()
 
-    def merge(self, other_r: np.ndarray, rows: int = 0) -> None:
+    def merge(self, other_r: np.ndarray, rows: int = 0, data_stats=None) -> None:
         """Fold another factor (of other rows) into this one: R̃ ← R of [R̃ ; R̃_other].
 
         Into an empty factor, the other is copied (folding it would change its last bits).
         """
+        if data_stats is not None:
+            self.data_stats = self.data_stats + np.asarray(data_stats, dtype=float)
         if self.empty:
             self.adopt(other_r, np.zeros((0, self.r.shape[0])), rows)
             return
@@ -112,14 +121,20 @@ class TriangularFactor:
         n = self.r.shape[0]
         m = block.shape[0]
         nb = max(1, min(INNER_BLOCK, n, m))
-        # l: the rows of B that are upper trapezoidal (an upper-triangular factor: all of them)
-        r, _, _, info = lapack.dtpqrt(n if triangular else 0, nb, self.r, np.asfortranarray(block),
-                                      overwrite_a=1, overwrite_b=1)
+        with lapack_threads(self.n_columns, small=SMALL_FACTOR):
+            # l: the rows of B that are upper trapezoidal (an upper-triangular factor: all of them)
+            r, _, _, info = lapack.dtpqrt(n if triangular else 0, nb, self.r, np.asfortranarray(block),
+                                          overwrite_a=1, overwrite_b=1)
         if info != 0:
             raise NumericalError(f"LAPACK dtpqrt failed (info={info}) folding {m} rows into a {n}x{n} factor")
         self.r = r
 
     # --- the solution ------------------------------------------------------------------------
+    def log_abs_r_diag(self) -> float:
+        """Σ log|R_ii| over R of A (the first M diagonal elements of R̃)."""
+        self.flush()
+        return float(np.sum(np.log(np.abs(np.diag(self.r)[:self.n_columns]))))
+
     def solve(self):
         """α and the residual ‖Aα − b‖ of the rows folded so far (buffered rows are folded first)."""
         self.flush()
@@ -152,11 +167,11 @@ def reduce_factors(comm, factor: TriangularFactor) -> Optional[TriangularFactor]
     while step < size:
         if rank % (2 * step) == step:
             comm.send_array(factor.r, dest=rank - step, tag=step)
-            comm.send_obj(factor.rows_folded, dest=rank - step, tag=step)
+            comm.send_obj((factor.rows_folded, factor.data_stats.tolist()), dest=rank - step, tag=step)
             return None
         if rank % (2 * step) == 0 and rank + step < size:
             other = comm.recv_array(factor.r.shape, source=rank + step, tag=step)
-            rows = comm.recv_obj(source=rank + step, tag=step)
-            factor.merge(other, rows)
+            rows, data_stats = comm.recv_obj(source=rank + step, tag=step)
+            factor.merge(other, rows, data_stats)
         step *= 2
     return factor if rank == 0 else None

@@ -1,0 +1,80 @@
+"""Committees: models drawn from the posterior of the weights, and an ASE calculator that averages them.
+
+The fit's posterior for α (given the sparse points and hyperparameters) is N(ᾱ, (AᵀA)⁻¹) with
+A = QR, so α = ᾱ + R⁻¹ε with ε ~ N(0, I) is a sample: what ``quippy.gap_tools`` draws from a
+gap_fit model's exported R (``export_covariance=T``).  The spread of a committee's predictions
+estimates the model's uncertainty; its mean tends to the fitted model's prediction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import List, Optional
+
+import numpy as np
+import scipy.linalg as sla
+from ase.calculators.calculator import Calculator, all_changes
+
+
+def sample_models(model, r: Optional[np.ndarray], n: int, seed: int = 0, comm=None) -> list:
+    """``n`` copies of ``model`` with α = ᾱ + R⁻¹ε (R: the fit's, on rank 0; the samples are broadcast)."""
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"committee: n must be at least 1 (got {n})")
+    rank = getattr(comm, "rank", 0)
+    if rank == 0 and r is None:
+        raise RuntimeError("committee: this fit did not keep R (an MPI dense fit keeps it with export_covariance=T)")
+    alpha = np.concatenate([np.asarray(c.alpha, dtype=float) for c in model.coordinates])
+    samples = None
+    if rank == 0:
+        # R's rows with a positive diagonal: the unique Cholesky factor of AᵀA, whatever sequence of
+        # Householder reflections (LAPACK, ScaLAPACK, folds on P ranks) made it, so that a seed gives
+        # the same committee however the fit ran
+        r = np.asarray(r) * np.where(np.diag(r) < 0, -1.0, 1.0)[:, None]
+        eps = np.random.default_rng(seed).standard_normal((alpha.size, n))
+        samples = alpha[:, None] + sla.solve_triangular(r, eps, lower=False)
+    if comm is not None and getattr(comm, "size", 1) > 1:
+        samples = comm.bcast(samples, root=0)
+    models = []
+    for k in range(n):
+        start, coordinates = 0, []
+        for c in model.coordinates:
+            size = np.asarray(c.alpha).size
+            coordinates.append(replace(c, alpha=samples[start:start + size, k].copy()))
+            start += size
+        models.append(replace(model, coordinates=coordinates, label=f"{model.label}_committee{k}"))
+    return models
+
+
+class CommitteeCalculator(Calculator):
+    """An ASE calculator over a committee of GAP models (GapModel objects or XML paths).
+
+    Results: ``energy``, ``forces``, ``stress`` (when the structure has a cell) are the committee's
+    means; ``energy_std`` (eV) and ``forces_std`` (eV/Å, per component) its standard deviations, and
+    ``energies`` the members' energies.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energy_std", "forces_std", "energies"]
+
+    def __init__(self, models: List[object], **kwargs):
+        super().__init__(**kwargs)
+        from .calculator import GapPotential
+        from .gap_xml import read_model
+        if not models:
+            raise ValueError("CommitteeCalculator needs at least one model")
+        self.potentials = [GapPotential(read_model(m) if isinstance(m, str) else m) for m in models]
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        results = [p.evaluate(self.atoms) for p in self.potentials]
+        energies = np.array([r["energy"] for r in results])
+        forces = np.array([r["forces"] for r in results])
+        self.results = {"energy": float(energies.mean()), "free_energy": float(energies.mean()),
+                        "forces": forces.mean(axis=0), "energies": energies,
+                        "energy_std": float(energies.std(ddof=1)) if energies.size > 1 else 0.0,
+                        "forces_std": forces.std(axis=0, ddof=1) if energies.size > 1 else np.zeros_like(forces[0])}
+        if self.atoms.cell.rank == 3:
+            virial = np.mean([r["virial"] for r in results], axis=0)
+            stress = -virial / self.atoms.get_volume()
+            self.results["stress"] = stress.reshape(-1)[[0, 4, 8, 5, 2, 1]]
+
