@@ -139,12 +139,14 @@ def run_gapfit(args, cwd, timeout=600, env=None, mpi_ranks=None, extra_mpi=(), t
 
     A fit's error report on its training data (a second pass over the data) is switched off
     (``training_errors=F`` appended) unless ``training_errors`` or the arguments ask for it:
-    tests/test_scores.py and tests/test_report.py test the report itself.
+    tests/test_scores.py and tests/test_report.py test the report itself.  A sparsify_only_no_fit
+    run has no report and its options go into the second run's file, which gap_fit reads too: it
+    is left alone.
     """
     args = [str(a) for a in args]
     is_fit = any(a.startswith(("at_file=", "atoms_filename=", "config_file=")) for a in args)
     if (is_fit and not training_errors and not any(a.startswith("-") for a in args)
-            and not any(a.startswith(("training_errors=", "test_file=")) for a in args)):
+            and not any(a.startswith(("training_errors=", "test_file=", "sparsify_only_no_fit=")) for a in args)):
         args.append("training_errors=F")
     cmd = [sys.executable, "-m", "gapfit", *args]
     if mpi_ranks:
