@@ -22,8 +22,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError
 from .evidence import log_marginal_likelihood
+from .parallel import rank0_call, rank0_only
 from .spill import RowSpill
 
 #: the cache stays in memory while it takes less than this share of the available memory
@@ -129,7 +130,7 @@ class RefitProblem:
         self.ctx = ctx
         self.cache = cache
         self.comm = ctx.comm
-        self.k_mm_unit = k_mm(ctx.coords, 0.0) if ctx.comm.rank == 0 else None  # δ as fitted, no jitter
+        self.k_mm_unit = k_mm(ctx.coords, 0.0, ctx.offsets) if ctx.comm.rank == 0 else None  # δ as fitted, no jitter
         self.deltas = [float(c.spec.gp["energy_scale"]) for c in ctx.coords]
         self.per_atom = bool(ctx.values["kernel_regularisation_is_per_atom"])
 
@@ -153,7 +154,7 @@ class RefitProblem:
         return sigma
 
     def column_scale(self, deltas: Sequence[float]) -> np.ndarray:
-        scale = np.empty(self.ctx.n_sparse)
+        scale = np.ones(self.ctx.n_sparse)  # the e0 offsets' columns (e0_method=joint) keep theirs
         for c, old, new in zip(self.ctx.coords, self.deltas, deltas):
             scale[c.column:c.column + c.n_sparse] = (new / old) ** 2
         return scale
@@ -176,21 +177,16 @@ class RefitProblem:
         comm, m = self.comm, self.ctx.n_sparse
         scale = self.column_scale(deltas)
         factor = TriangularFactor(m)
-        failure = log_u = None
-        if comm.rank == 0:
+
+        def factor_k_mm():
             root = np.sqrt(scale)
             k_mm = self.k_mm_unit * root[:, None] * root[None, :]
             k_mm[np.diag_indices(m)] += jitter
-            try:
-                u = cholesky_upper(k_mm, jitter)
-                log_u = log_u_diag(u)
-                factor.add_rows(np.hstack([u, np.zeros((m, 1))]))
-            except Exception as exc:  # reported on every rank below
-                failure = str(exc)
-        if comm.size > 1:
-            failure = comm.bcast(failure, root=0)
-        if failure:
-            raise DataError(f"refit: {failure}")
+            u = cholesky_upper(k_mm, jitter)
+            factor.add_rows(np.hstack([u, np.zeros((m, 1))]))
+            return log_u_diag(u)
+
+        log_u = rank0_only(comm, factor_k_mm)
         cache = self.cache
         keep = None if exclude_frames is None else ~np.isin(cache.frame, exclude_frames)
         for rows in cache.blocks():
@@ -203,19 +199,13 @@ class RefitProblem:
             if y.size:
                 factor.add(k, y, sigma)
         total = reduce_factors(comm, factor) if comm.size > 1 else factor
-        out = None
-        if comm.rank == 0:
-            try:
-                alpha, residual = total.solve()
-                lml = log_marginal_likelihood(residual ** 2, total.log_abs_r_diag(), log_u, *total.data_stats)
-                out = (alpha, lml, None)
-            except Exception as exc:
-                out = (None, None, str(exc))
-        if comm.size > 1:
-            out = comm.bcast(out, root=0)
-        if out[2]:
-            raise DataError(f"refit: {out[2]}")
-        return Solved(alpha=out[0], r=total.r_factor() if comm.rank == 0 else None, log_likelihood=float(out[1]),
+
+        def solve_total():
+            alpha, residual = total.solve()
+            return alpha, log_marginal_likelihood(residual ** 2, total.log_abs_r_diag(), log_u, *total.data_stats)
+
+        alpha, lml = rank0_call(comm, solve_total)
+        return Solved(alpha=alpha, r=total.r_factor() if comm.rank == 0 else None, log_likelihood=float(lml),
                       column_scale=scale)
 
     # --- errors from cached rows -------------------------------------------------------------
