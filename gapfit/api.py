@@ -155,6 +155,7 @@ class GapFit:
         self.errors_ = result.errors
         self.log_likelihood_ = result.log_likelihood
         self.r_ = result.r
+        self._e0_offsets, self._e0_base = result.e0_offsets, result.e0_base
 
     # --- refits, scans, committees (gapfit.refit, gapfit.tuning, gapfit.committee) ----------
     def _refit_problem(self):
@@ -181,7 +182,7 @@ class GapFit:
         new = GapFit.__new__(GapFit)
         new.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_potential_cache"})
         new.model_, new._settings = model, chosen
-        new.alpha_ = [c.alpha for c in model.coordinates]
+        new.alpha_, new.e0_ = [c.alpha for c in model.coordinates], model.e0
         new.log_likelihood_, new.r_, new.errors_, new.files_ = solved.log_likelihood, solved.r, {}, []
         return new
 
@@ -223,7 +224,8 @@ class GapFit:
         from .committee import sample_models
         if getattr(self, "model_", None) is None:
             raise RuntimeError("fit first: there is no fitted model")
-        return sample_models(self.model_, self.r_, n, seed, self.comm)
+        return sample_models(self.model_, self.r_, n, seed, self.comm, offsets=getattr(self, "_e0_offsets", None),
+                             base_e0=getattr(self, "_e0_base", None))
 
     def predict(self, frames) -> List[Dict[str, np.ndarray]]:
         """The fitted model's energy (eV), forces (eV/Å), virial (eV) and local energies of each

@@ -16,15 +16,21 @@ import scipy.linalg as sla
 from ase.calculators.calculator import Calculator, all_changes
 
 
-def sample_models(model, r: Optional[np.ndarray], n: int, seed: int = 0, comm=None) -> list:
-    """``n`` copies of ``model`` with α = ᾱ + R⁻¹ε (R: the fit's, on rank 0; the samples are broadcast)."""
+def sample_models(model, r: Optional[np.ndarray], n: int, seed: int = 0, comm=None, offsets=None,
+                  base_e0: Optional[np.ndarray] = None) -> list:
+    """``n`` copies of ``model`` with α = ᾱ + R⁻¹ε (R: the fit's, on rank 0; the samples are broadcast).
+
+    With ``offsets`` (e0_method=joint: the last columns of R, about ``base_e0``) each member's e0 is
+    sampled too."""
     n = int(n)
     if n < 1:
         raise ValueError(f"committee: n must be at least 1 (got {n})")
     rank = getattr(comm, "rank", 0)
     if rank == 0 and r is None:
         raise RuntimeError("committee: this fit did not keep R (an MPI dense fit keeps it with export_covariance=T)")
-    alpha = np.concatenate([np.asarray(c.alpha, dtype=float) for c in model.coordinates])
+    alpha = np.concatenate([np.asarray(c.alpha, dtype=float) for c in model.coordinates]
+                           + ([np.asarray(model.e0)[offsets.species] - np.asarray(base_e0)[offsets.species]]
+                              if offsets is not None else []))
     samples = None
     if rank == 0:
         # R's rows with a positive diagonal: the unique Cholesky factor of AᵀA, whatever sequence of
@@ -42,7 +48,8 @@ def sample_models(model, r: Optional[np.ndarray], n: int, seed: int = 0, comm=No
             size = np.asarray(c.alpha).size
             coordinates.append(replace(c, alpha=samples[start:start + size, k].copy()))
             start += size
-        models.append(replace(model, coordinates=coordinates, label=f"{model.label}_committee{k}"))
+        e0 = offsets.e0(base_e0, samples[:, k]) if offsets is not None else model.e0
+        models.append(replace(model, coordinates=coordinates, e0=e0, label=f"{model.label}_committee{k}"))
     return models
 
 

@@ -48,7 +48,7 @@ class Coordinate:
 DEFAULT_BLOCK_BYTES = 16 * 1024 ** 2
 
 
-def _row_layout(rows: Sequence[FrameRows]):
+def row_layout(rows: Sequence[FrameRows]):
     """Row offsets of each frame's energy, force and virial rows within a chunk."""
     n = len(rows)
     energy_row = np.full(n, -1, dtype=np.int64)
@@ -77,7 +77,7 @@ def k_nm_rows(coordinates: Sequence[Coordinate], frames_values: Sequence[Sequenc
     targets; ``atom_counts[f]`` its number of atoms.  ``stats`` (optional) accumulates
     the floating-point operations of the kernel matrix products (``gemm_flops``).
     """
-    energy_row, force_start, virial_start, n_rows = _row_layout(rows)
+    energy_row, force_start, virial_start, n_rows = row_layout(rows)
     out = np.zeros((n_rows, n_columns))
     n_frames = len(rows)
     # force row of every atom in the chunk (-1: masked or no forces)
@@ -189,13 +189,16 @@ def _force_map(force_row: np.ndarray, n_rows: int) -> sp.csc_matrix:
     return sp.csc_matrix((np.ones(rows.size), rows, indptr), shape=(n_rows, has_f.size))
 
 
-def k_mm(coordinates: Sequence[Coordinate], sparse_jitter: float) -> np.ndarray:
-    """Block-diagonal K_MM with cutoff weights c_i c_j, plus ``sparse_jitter`` on the diagonal."""
-    m = sum(c.n_sparse for c in coordinates)
+def k_mm(coordinates: Sequence[Coordinate], sparse_jitter: float, offsets=None) -> np.ndarray:
+    """Block-diagonal K_MM with cutoff weights c_i c_j, plus ``sparse_jitter`` on the diagonal; with
+    ``offsets`` (:class:`gapfit.e0.SpeciesOffsets`, e0_method=joint) their block last."""
+    m = sum(c.n_sparse for c in coordinates) + (offsets.n_columns if offsets is not None else 0)
     out = np.zeros((m, m))
     for c in coordinates:
         sl = slice(c.column, c.column + c.n_sparse)
         sc = c.sparse_cutoff
         out[sl, sl] = c.kernel.sparse_covariance() * sc[:, None] * sc[None, :]
+    if offsets is not None:
+        out[offsets.columns, offsets.columns] = offsets.k_mm_block()
     out[np.diag_indices(m)] += sparse_jitter
     return out

@@ -98,7 +98,7 @@ def compute_e0(values: Dict, given: Dict, entries: Sequence[FrameIndex], single_
         count = energies.size
         e0 = np.zeros(N_ELEMENTS + 1)
         net = " (net of the core potential)" if core_energy else ""
-        if values["e0_method"] == "least_squares":
+        if values["e0_method"] in ("least_squares", "joint"):  # joint: the GP fits offsets from it
             e0[list(species)], how, text = _least_squares_e0(composition, energies, species)
             how += net
             if text:
@@ -156,3 +156,53 @@ def _least_squares_e0(composition, energies, species) -> Tuple[np.ndarray, str, 
     return e0, how, warning
 
 
+
+
+#: e0_method=joint: the prior standard deviation (eV) of each species' offset from the least-squares e0
+E0_PRIOR_SIGMA = 1.0
+
+
+class SpeciesOffsets:
+    """``e0_method=joint`` (gapfit): one energy offset per species, fitted with α.
+
+    The offsets are S more columns of the least-squares problem after the sparse points: a frame's
+    energy row holds its atom count of each species (force and virial rows 0), and the rows of U
+    get a diagonal block 1/σ_e0 (a Gaussian prior of width σ_e0 on each offset, centred on the
+    least-squares e0).  It is a GP with a kernel σ_e0² δ_{Z Z'} added per atom, so every path
+    (dense, ScaLAPACK, streaming, refits, the log marginal likelihood) treats the columns as it
+    treats sparse points, and the model's e0 is the least-squares e0 plus the fitted offsets.
+    """
+
+    def __init__(self, species: Sequence[int], column: int, prior_sigma: float = E0_PRIOR_SIGMA):
+        self.species = np.array(sorted(int(z) for z in species), dtype=np.int64)
+        self.column = int(column)
+        self.prior_sigma = float(prior_sigma)
+        self._position = np.full(N_ELEMENTS + 1, -1, dtype=np.int64)
+        self._position[self.species] = np.arange(self.species.size)
+
+    @property
+    def n_columns(self) -> int:
+        return int(self.species.size)
+
+    @property
+    def columns(self) -> slice:
+        return slice(self.column, self.column + self.n_columns)
+
+    def counts(self, numbers) -> np.ndarray:
+        """Atoms of each fitted species in a frame (``numbers``: its atomic numbers)."""
+        return np.bincount(self._position[np.asarray(numbers, dtype=np.int64)], minlength=self.n_columns).astype(float)
+
+    def k_mm_block(self) -> np.ndarray:
+        """The offsets' block of K_MM (before sparse_jitter): 1/σ_e0² on the diagonal."""
+        return np.eye(self.n_columns) / self.prior_sigma ** 2
+
+    def e0(self, base_e0: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """The model's e0: ``base_e0`` (index Z) plus the offsets in ``alpha``'s columns."""
+        out = np.array(base_e0, dtype=float)
+        out[self.species] += np.asarray(alpha)[self.columns]
+        return out
+
+    def describe(self, base_e0: np.ndarray, alpha: np.ndarray) -> str:
+        e0 = self.e0(base_e0, alpha)
+        return ("e0 fitted with the GP (e0_method=joint): " + ", ".join(
+            f"{chemical_symbols[z]} {e0[z]:.6f} ({e0[z] - base_e0[z]:+.6f})" for z in self.species) + " eV")

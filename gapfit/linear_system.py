@@ -57,10 +57,12 @@ class FitContext:
     core: object = None
     species: list = field(default_factory=list)  # in order of first appearance
     row_cache: object = None  # a gapfit.refit.KernelRowCache that keeps the unscaled rows, or None
+    offsets: object = None  # gapfit.e0.SpeciesOffsets (e0_method=joint): columns after the sparse points
 
     @property
     def n_sparse(self) -> int:
-        return sum(c.n_sparse for c in self.coords)
+        """Columns of the problem: the sparse points, and the e0 offsets if they are fitted."""
+        return sum(c.n_sparse for c in self.coords) + (self.offsets.n_columns if self.offsets is not None else 0)
 
     def my_frames(self) -> np.ndarray:
         return np.nonzero(self.owner == self.comm.rank)[0]
@@ -126,7 +128,7 @@ def _produce(ctx: FitContext, sink, stats, frames, n_rows, after_chunk=None):
     for k, y, sigma, labels in kernel_row_chunks(ctx.source, ctx.entries, frames, ctx.coords, ctx.names, ctx.sigmas,
                                                  ctx.e0, v["kernel_regularisation_is_per_atom"], ctx.max_cutoff,
                                                  ctx.n_sparse, ctx.log, stats, n_rows, ctx.core,
-                                                 chunk_bytes=v["row_chunk_mb"] * 2.0 ** 20):
+                                                 chunk_bytes=v["row_chunk_mb"] * 2.0 ** 20, offsets=ctx.offsets):
         if ctx.row_cache is not None:  # before the sink scales k in place
             ctx.row_cache.add(k, y, sigma, labels)
         sink.add(k, y, sigma)
@@ -141,9 +143,9 @@ def _log_rates(ctx, stats):
             f"{stats['gemm_flops'] / 1e9 / max(stats['kernel_seconds'], 1e-9):.1f} GFLOP/s) on rank {ctx.comm.rank}")
 
 
-def cholesky_of_kmm(coords, jitter):
+def cholesky_of_kmm(coords, jitter, offsets=None):
     from .solvers.serial import cholesky_upper
-    return cholesky_upper(k_mm(coords, jitter), jitter)
+    return cholesky_upper(k_mm(coords, jitter, offsets), jitter)
 
 
 def log_u_diag(u: np.ndarray) -> float:
@@ -205,7 +207,7 @@ def solve_dense(ctx: FitContext, stats) -> Solution:
         np.savetxt(f"{prefix}.A.{comm.rank}", a_local[:filled])
         np.savetxt(f"{prefix}.b.{comm.rank}", b_local[:filled])
     with log.phase("K_MM and its Cholesky factor"):
-        u = rank0_only(comm, cholesky_of_kmm, ctx.coords, v["sparse_jitter"])
+        u = rank0_only(comm, cholesky_of_kmm, ctx.coords, v["sparse_jitter"], ctx.offsets)
         log_u = log_u_diag(u) if comm.rank == 0 else 0.0
         if comm.size == 1:
             a_local[filled:filled + n_sparse] = u
@@ -297,7 +299,7 @@ def solve_streaming(ctx: FitContext, stats, run=None) -> Solution:
     factor = TriangularFactor(n_sparse)
     fold_u = not (run is not None and run.u_folded)
     with log.phase("K_MM and its Cholesky factor"):
-        u = rank0_only(comm, cholesky_of_kmm, ctx.coords, v["sparse_jitter"])
+        u = rank0_only(comm, cholesky_of_kmm, ctx.coords, v["sparse_jitter"], ctx.offsets)
         log_u = log_u_diag(u) if comm.rank == 0 else 0.0
         if fold_u and comm.rank == 0:
             factor.add_rows(np.hstack([u, np.zeros((n_sparse, 1))]))
@@ -322,10 +324,8 @@ def solve_streaming(ctx: FitContext, stats, run=None) -> Solution:
         total = reduce_factors(comm, factor) if comm.size > 1 else factor
         alpha, residual, r = rank0_call(comm, _solve_factor, total, v, log)
     log(f"Residual ‖Aα − b‖ = {residual:.6g}")
-    parts = rank0_only(comm, lambda: (total.log_abs_r_diag(), total.data_stats.tolist()))
-    parts = comm.bcast(parts, root=0) if comm.size > 1 else parts
-    log_u = comm.bcast(log_u, root=0) if comm.size > 1 else log_u
-    evidence = _evidence(ctx, residual ** 2, parts[0], log_u, parts[1])
+    log_r, data_stats, log_u = rank0_call(comm, lambda: (total.log_abs_r_diag(), total.data_stats.tolist(), log_u))
+    evidence = _evidence(ctx, residual ** 2, log_r, log_u, data_stats)
     if run is not None:
         run.finish(total, np.nonzero(ctx.frame_rows > 0)[0])
     table = {"target rows": float(n_rows_local), "factor bytes": float(factor.nbytes),

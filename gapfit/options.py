@@ -233,9 +233,10 @@ TOP_LEVEL = Schema([
                "given, it replaces e0_method"),
     Param("local_property0", to_str, "0.0", help="baseline of local-property fits (not supported by gapfit)"),
     Param("e0_offset", to_float, 0.0, help="added to every e0 (eV)"),
-    Param("e0_method", choice("isolated", "average", "least_squares"), "isolated",
+    Param("e0_method", choice("isolated", "average", "least_squares", "joint"), "isolated",
           help="e0 from single-atom frames without neighbours (isolated), the mean energy per atom (average), or "
-               "(gapfit only) one e0 per species fitted to the energies per atom over composition (least_squares)"),
+               "(gapfit only) one e0 per species fitted to the energies per atom over composition (least_squares), "
+               "or that e0 plus one offset per species fitted together with the GP (joint)"),
     Param("default_kernel_regularisation", float_list(4), None, aliases=("default_sigma",), mandatory=True,
           help="σ of energies (eV), forces (eV/Å), virials (eV), Hessians (eV/Å²): {E F V H}"),
     Param("default_kernel_regularisation_local_property", to_float, 0.001, aliases=("default_local_property_sigma",),

@@ -29,7 +29,7 @@ from .candidates import sparse_points
 from .checkpoint import CheckpointRun, StopRequest
 from .core import load_core, parse_ip_args, read_param_file
 from .covariance import Coordinate
-from .e0 import compute_e0
+from .e0 import SpeciesOffsets, compute_e0
 from .data import (SigmaTable, TargetNames, assign_frames, frame_labels, frame_rows,
                    species_in_order, unused_target_warnings)
 from .dryrun import memory_estimate
@@ -62,6 +62,8 @@ class FitResult:
     log_likelihood: Optional[float] = None  # log marginal likelihood (gapfit.evidence)
     r: Optional[np.ndarray] = None  # R of A (rank 0, where the solve has it): committees
     refit: object = None  # a gapfit.refit.RefitProblem when the kernel rows were kept
+    e0_offsets: object = None  # gapfit.e0.SpeciesOffsets (e0_method=joint): the last columns of α and R
+    e0_base: Optional[np.ndarray] = None  # e0 before the fitted offsets (e0_method=joint)
 
 
 def run_fit(opts: TopLevelOptions, source, comm=None, stream=None, quiet=False, write=True,
@@ -96,6 +98,9 @@ def _run_fit(opts, source, comm, stream, quiet, write, extends, stop, keep_kerne
         spec.make_descriptor()  # the descriptor's own checks (cutoffs, l_max, ...) before any work
     sigmas = SigmaTable(v["default_kernel_regularisation"], v["config_type_kernel_regularisation"],
                         key=opts.key("config_type_kernel_regularisation"))
+    if v["e0_method"] == "joint" and v["export_covariance"] and "e0" not in opts.given:
+        raise ConfigError("export_covariance=T cannot be combined with e0_method=joint: R would hold the e0 offsets' "
+                          "columns, which quippy.gap_tools does not know (GapFit.committee samples them)")
     core = core_text = None
     if opts.has("baseline_ip_args"):  # as in gap_fit, giving core_ip_args turns the core on
         key = opts.key("baseline_ip_args")
@@ -229,6 +234,11 @@ def _run_fit(opts, source, comm, stream, quiet, write, extends, stop, keep_kerne
     ctx = FitContext(comm=comm, log=log, source=source, entries=entries, owner=owner, frame_rows=frame_rows_count,
                      coords=coords, names=names, sigmas=sigmas, e0=e0, values=v, max_cutoff=max_cutoff, core=core,
                      species=list(extends["species"]) if extends is not None else species)
+    if v["e0_method"] == "joint" and "e0" not in opts.given:
+        ctx.offsets = SpeciesOffsets(ctx.species, n_sparse)
+        n_sparse = ctx.n_sparse
+        log(f"e0_method=joint: {ctx.offsets.n_columns} e0 offsets fitted with the GP (columns {n_sparse - ctx.offsets.n_columns + 1}"
+            f"..{n_sparse}; prior σ {ctx.offsets.prior_sigma:g} eV about the least-squares e0)")
     path = "streaming" if run is not None else choose_path(v, int(frame_rows_count.sum()), n_sparse, comm.size, log)
     if keep_kernel_rows:
         from .refit import KernelRowCache
@@ -240,6 +250,10 @@ def _run_fit(opts, source, comm, stream, quiet, write, extends, stop, keep_kerne
     alpha, r = solution.alpha, solution.r
 
     alphas = [alpha[c.column:c.column + c.n_sparse] for c in coords]
+    e0_base = e0
+    if ctx.offsets is not None:
+        log(ctx.offsets.describe(e0_base, alpha))
+        e0 = ctx.offsets.e0(e0_base, alpha)
     model = _model(label, e0, coords, alphas, opts, xyz_lines, fitted=True, core_text=core_text)
     files = []
     if write:
@@ -264,7 +278,8 @@ def _run_fit(opts, source, comm, stream, quiet, write, extends, stop, keep_kerne
                      sparse_cutoff=[c.sparse_cutoff for c in coords], sparse_index=[ch.index for ch in choices],
                      e0=e0, timings=log.timing_summary(), files=files, errors=errors,
                      log_likelihood=solution.log_likelihood, r=solution.r_factor,
-                     refit=_refit_problem(ctx) if keep_kernel_rows else None)
+                     refit=_refit_problem(ctx) if keep_kernel_rows else None, e0_offsets=ctx.offsets,
+                     e0_base=e0_base if ctx.offsets is not None else None)
 
 
 def _refit_problem(ctx):

@@ -18,7 +18,7 @@ from typing import Iterator, List, Tuple
 
 import numpy as np
 
-from .covariance import k_nm_rows
+from .covariance import row_layout, k_nm_rows
 from .data import frame_rows
 from .errors import DataError
 from .heap import release_freed_memory
@@ -48,19 +48,21 @@ class ChunkLabels:
 
 
 def kernel_row_chunks(source, entries, my_frames, coords, names, sigmas, e0, sigma_per_atom, max_cutoff, n_columns,
-                      log, stats, n_rows, core=None, chunk_bytes: float = CHUNK_BYTES) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray, ChunkLabels]]:
+                      log, stats, n_rows, core=None, chunk_bytes: float = CHUNK_BYTES,
+                      offsets=None) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray, ChunkLabels]]:
     """Yield ``(k, y, sigma, labels)`` for consecutive frames of ``my_frames``: K_NM rows (unscaled), targets,
     σ, and what the rows are (:class:`ChunkLabels`: their frames' indices in ``labels.frames``).  A chunk ends at a frame boundary once its
     descriptor gradients and K rows take ``chunk_bytes`` (a bigger frame is split by centre atom).
 
-    The targets are net of the ``core`` potential, if any.  ``stats`` collects descriptor and
+    The targets are net of the ``core`` potential, if any.  With ``offsets`` (e0_method=joint), each
+    energy row also holds its frame's atom count of each species, in the offsets' columns.  ``stats`` collects descriptor and
     kernel seconds and GEMM flops; rank 0's progress over its ``n_rows`` rows goes to ``log``.
     """
     if os.environ.get("GAPFIT_INJECT_FAILURE_RANK", "") == str(getattr(log, "rank", 0)):
         # test hook: a failure on one rank only (tests/test_mpi.py checks the job aborts cleanly)
         raise DataError("injected failure on this rank (GAPFIT_INJECT_FAILURE_RANK)")
     stats.update(gemm_flops=0.0, descriptor_seconds=0.0, kernel_seconds=0.0)
-    pending = []  # (frame rows, values per coordinate, n_atoms, frame index)
+    pending = []  # (frame rows, values per coordinate, n_atoms, frame index, species counts or None)
     pending_bytes = 0.0
     done_rows = pending_rows = chunks = 0
 
@@ -76,11 +78,19 @@ def kernel_row_chunks(source, entries, my_frames, coords, names, sigmas, e0, sig
         stats["kernel_seconds"] += time.perf_counter() - t0
         return k
 
+    def add_counts(k, rows, species_counts):
+        """The e0 offsets' columns of the energy rows: atoms of each species."""
+        if offsets is not None:
+            energy_row = row_layout(rows)[0]
+            has = energy_row >= 0
+            k[energy_row[has], offsets.columns] = np.asarray(species_counts)[has]
+
     def take_pending():
         """The queued frames' chunk, and a fresh queue."""
         nonlocal pending_bytes, pending_rows, done_rows, chunks
         rows = [p[0] for p in pending]
         k = kernel_rows([p[1] for p in pending], rows, [p[2] for p in pending])
+        add_counts(k, rows, [p[4] for p in pending])
         chunk = (k, np.concatenate([r.y for r in rows]), np.concatenate([r.sigma for r in rows]),
                  ChunkLabels.of(rows, [p[3] for p in pending], [p[2] for p in pending]))
         pending.clear()
@@ -107,11 +117,13 @@ def kernel_row_chunks(source, entries, my_frames, coords, names, sigmas, e0, sig
                 k = np.zeros((fr.y.size, n_columns))
                 for atoms in _atom_groups(per_atom, chunk_bytes):
                     k += kernel_rows([describe(frame, nl, grad, atoms)], [fr], [len(frame)])
+                add_counts(k, [fr], [offsets.counts(frame.numbers) if offsets is not None else None])
                 done_rows += fr.y.size
                 yield k, fr.y, fr.sigma, ChunkLabels.of([fr], [frame.index], [len(frame)])
                 continue
             values = describe(frame, nl, grad)
-            pending.append((fr, values, len(frame), frame.index))
+            pending.append((fr, values, len(frame), frame.index,
+                            offsets.counts(frame.numbers) if offsets is not None else None))
             pending_rows += fr.y.size
             pending_bytes += 8.0 * fr.y.size * n_columns  # the chunk's K rows
             if per_atom is not None:

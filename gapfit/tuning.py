@@ -116,7 +116,9 @@ def refit_model(problem, model, chosen: Settings):
     for c, cm, delta in zip(problem.ctx.coords, model.coordinates, chosen.deltas):
         coordinates.append(replace(cm, alpha=np.array(solved.alpha[c.column:c.column + c.n_sparse]), delta=delta))
     line = (model.command_line + " " + chosen.words()).strip()
-    return replace(model, coordinates=coordinates, command_line=line), solved
+    offsets = problem.ctx.offsets
+    e0 = offsets.e0(problem.ctx.e0, solved.alpha) if offsets is not None else model.e0
+    return replace(model, coordinates=coordinates, command_line=line, e0=e0), solved
 
 
 def grid_points(grid: Dict[str, Sequence]) -> List[Dict[str, object]]:

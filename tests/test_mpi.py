@@ -54,6 +54,7 @@ CASES = {
                                              SI + ["e0_method=average", "core_ip_args={IP Glue label=SiC_test}",
                                                    f"core_param_file={CORE}"], GAP_3B_CORE),
     "SiC.np2 distance_Nb": (QUIP_TESTS / "SiC.np2.xyz", SI + ["e0_method=average"], GAP_NB),
+    "SiC.np2 e0_method=joint": (QUIP_TESTS / "SiC.np2.xyz", SI + ["e0_method=joint"], GAP_2B),
 }
 
 
@@ -69,13 +70,28 @@ def _fit(tmp_path, data, options, ranks, tag, gap=GAP_2B):
     return read_model(str(tmp_path / f"{tag}.xml")), proc
 
 
+_SERIAL_DENSE = {}
+
+
+def _serial_dense(tmp_path_factory, case):
+    """The serial dense fit of a case (A and LAPACK's QR), made once for the tests below; its folder."""
+    if case not in _SERIAL_DENSE:
+        data, options, gap = CASES[case]
+        folder = tmp_path_factory.mktemp("serial_dense")
+        _fit(folder, data, options + ["linear_solver=dense"], 1, "dense", gap)
+        _SERIAL_DENSE[case] = folder
+    return _SERIAL_DENSE[case]
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_same_model_for_every_p(tmp_path, case):
+def test_same_model_for_every_p(tmp_path, tmp_path_factory, case):
     data, options, gap = CASES[case]
     options = options + ["linear_solver=dense"]  # A and ScaLAPACK's QR (the streaming path: below)
-    serial, _ = _fit(tmp_path, data, options, 1, "p1", gap)
+    for path in _serial_dense(tmp_path_factory, case).iterdir():  # the model and its sparseX files
+        shutil.copy(path, tmp_path / path.name)
+    serial = read_model(str(tmp_path / "dense.xml"))
     frames = read(str(data), "::7")
-    ref_calc = GapCalculator(str(tmp_path / "p1.xml"))
+    ref_calc = GapCalculator(str(tmp_path / "dense.xml"))
     for ranks in (2, 3):
         model, proc = _fit(tmp_path, data, options, ranks, f"p{ranks}", gap)
         assert f"grid {ranks}x1" in proc.stdout
@@ -99,7 +115,7 @@ def test_same_model_for_every_p(tmp_path, case):
 
 
 @pytest.mark.parametrize("case", ["Ta soap", "SiC.np2 soap"])
-def test_streaming_equals_dense(tmp_path, case):
+def test_streaming_equals_dense(tmp_path, tmp_path_factory, case):
     """Rows folded into a triangular factor (per rank, combined by a tree) give the dense QR's model.
 
     α must agree to 1e-8 relative, or, where the fit is less well conditioned than that, to within
@@ -107,7 +123,9 @@ def test_streaming_equals_dense(tmp_path, case):
     here, with the same sparse points).
     """
     data, options, gap = CASES[case]
-    dense, _ = _fit(tmp_path, data, options + ["linear_solver=dense"], 1, "dense", gap)
+    for path in _serial_dense(tmp_path_factory, case).iterdir():  # the model and its sparseX files
+        shutil.copy(path, tmp_path / path.name)
+    dense = read_model(str(tmp_path / "dense.xml"))
     ulp_copy(data, tmp_path / "ulp.xyz")
     proc = run_gapfit([f"config_file={same_sparse_points(tmp_path / 'dense.xml')}", "at_file=ulp.xyz",
                        "gp_file=ulp.xml"], tmp_path)
