@@ -29,7 +29,7 @@ def main(train, held_out, out):
                  sparse_jitter=1e-8, rnd_seed=1, training_errors=False, quiet=True).fit(train, keep_kernel_rows=True)
     t1 = time.perf_counter()
     grid = {"config_type_sigma": [{name: [sigma_e, 1.0, sigma_v, 0.0] for name in VOLUME}
-                                  for sigma_e in (0.001, 0.002, 0.005, 0.01, 0.05) for sigma_v in (0.05, 0.5)]}
+                                  for sigma_e in (0.001, 0.003, 0.01, 0.05) for sigma_v in (0.05, 0.5)]}
     scan = fit.scan(grid, validation=held_out, objective="energy")
     t2 = time.perf_counter()
     print(f"choose_sigma: one fit {t1 - t0:.1f} s, {len(scan.table)} refits {t2 - t1:.1f} s; "
