@@ -98,7 +98,8 @@ def _run_fit(opts, source, comm, stream, quiet, write, extends, stop, keep_kerne
         spec.make_descriptor()  # the descriptor's own checks (cutoffs, l_max, ...) before any work
     sigmas = SigmaTable(v["default_kernel_regularisation"], v["config_type_kernel_regularisation"],
                         key=opts.key("config_type_kernel_regularisation"))
-    if v["e0_method"] == "joint" and v["export_covariance"] and "e0" not in opts.given:
+    fit_e0_offsets = v["e0_method"] == "joint" and "e0" not in opts.given  # an explicit e0 wins
+    if fit_e0_offsets and v["export_covariance"]:
         raise ConfigError("export_covariance=T cannot be combined with e0_method=joint: R would hold the e0 offsets' "
                           "columns, which quippy.gap_tools does not know (GapFit.committee samples them)")
     core = core_text = None
@@ -234,7 +235,7 @@ def _run_fit(opts, source, comm, stream, quiet, write, extends, stop, keep_kerne
     ctx = FitContext(comm=comm, log=log, source=source, entries=entries, owner=owner, frame_rows=frame_rows_count,
                      coords=coords, names=names, sigmas=sigmas, e0=e0, values=v, max_cutoff=max_cutoff, core=core,
                      species=list(extends["species"]) if extends is not None else species)
-    if v["e0_method"] == "joint" and "e0" not in opts.given:
+    if fit_e0_offsets:
         ctx.offsets = SpeciesOffsets(ctx.species, n_sparse)
         n_sparse = ctx.n_sparse
         log(f"e0_method=joint: {ctx.offsets.n_columns} e0 offsets fitted with the GP (columns {n_sparse - ctx.offsets.n_columns + 1}"

@@ -73,6 +73,18 @@ def same_sparse_points(xml, *drop):
     return os.path.basename(cfg)
 
 
+def every_nth_frame(src, dst, step):
+    """Frames 0, step, 2 step, ... of the XYZ file ``src``, copied line for line (bit for bit) to ``dst``."""
+    lines = Path(src).read_text().splitlines(keepends=True)
+    out, k, frame = [], 0, 0
+    while k < len(lines):
+        n = int(lines[k])
+        if frame % step == 0:
+            out += lines[k:k + 2 + n]
+        k, frame = k + 2 + n, frame + 1
+    Path(dst).write_text("".join(out))
+
+
 def ulp_copy(src, dst, seed=7):
     """``src`` with every position moved by ±1 ulp (species x y z ... lines), written in full precision."""
     rng = np.random.default_rng(seed)
