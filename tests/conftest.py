@@ -63,6 +63,37 @@ def prediction_differences(xml_a, xml_b, frames):
     return de, df
 
 
+def positions_rounding_floor(folder, held_out, n=3, config="sparse.xml.fit.cfg", reference="gapfit.xml"):
+    """The rounding floor of an ill-conditioned fit: the largest change of gapfit's predictions on
+    ``held_out`` (eV/atom, eV/Å) when every training position moves by ±1 ulp, same sparse points.
+
+    Refits ``folder/train.xyz`` ``n`` times with the options file ``config`` (whose sparse-point
+    files are named relative to ``folder``) and compares with ``folder/reference``."""
+    from ase.io import read
+    from gapfit import GapFit
+    folder = Path(folder)
+    frames = read(str(folder / "train.xyz"), ":")
+    worst_e = worst_f = 0.0
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        for seed in range(n):
+            rng = np.random.default_rng(seed)
+            moved = []
+            for atoms in frames:
+                m = atoms.copy()
+                m.calc = atoms.calc
+                m.positions = atoms.positions * (1.0 + rng.choice([-1.0, 1.0], atoms.positions.shape) * 2.0 ** -52)
+                moved.append(m)
+            GapFit(f"config_file={config}", gp_file=str(folder / f"moved{seed}.xml"), training_errors=False,
+                   quiet=True).fit(moved)
+            e, f = prediction_differences(folder / reference, folder / f"moved{seed}.xml", held_out)
+            worst_e, worst_f = max(worst_e, e), max(worst_f, f)
+    finally:
+        os.chdir(cwd)
+    return worst_e, worst_f
+
+
 def same_sparse_points(xml, *drop):
     """A config file for fits with the sparse points of ``xml`` (sparse_method=file; gapfit's two-step helper)."""
     from gapfit.two_step import prepare_second_run

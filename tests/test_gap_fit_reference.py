@@ -18,7 +18,8 @@ from ase.io import read, write
 
 from gapfit.gap_xml import read_model
 
-from conftest import QUIP_TESTS, TA_XYZ, config_words, prediction_differences, run_gapfit, shared_environments
+from conftest import (QUIP_TESTS, TA_XYZ, config_words, positions_rounding_floor, prediction_differences, run_gapfit,
+                      shared_environments)
 
 
 def _reference(name):
@@ -176,4 +177,11 @@ def test_same_soap_model_as_gap_fit_on_ta(tmp_path, gap_fit):
     de, df = prediction_differences(tmp_path / "gap_fit.xml", tmp_path / "gapfit.xml", held_out)
     print(f"Ta soap+2b, gap_fit vs gapfit with the same {sum(c.sparse_x.shape[0] for c in mb.coordinates)} sparse "
           f"points on {len(held_out)} held-out frames: max |ΔE|/atom = {de:.2e} eV, max |ΔF| = {df:.2e} eV/Å")
-    assert de < 1e-6 and df < 1e-5
+    if not (de < 1e-6 and df < 1e-5):
+        # sparse_jitter=1e-8: rounding that differs between the programs (or CPUs) is amplified; as in
+        # test_recipes, the difference must then stay within 10× the fit's own ±1-ulp rounding floor
+        # (measured on the development machine: floor 2.8e-7 eV/atom, 2.1e-6 eV/Å; gap_fit 4.4e-7, 2.5e-6)
+        floor_e, floor_f = positions_rounding_floor(tmp_path, held_out)
+        print(f"Ta soap+2b: 1-ulp moves of the training positions change gapfit's predictions by up to "
+              f"{floor_e:.2e} eV/atom and {floor_f:.2e} eV/Å")
+        assert de < 10 * floor_e and df < 10 * floor_f
