@@ -39,6 +39,9 @@ def main(argv=None):
             print(f"rounding_floor.py: {folder} has no {name} (run compare_gap_fit.py CASE --keep on a "
                   f"same-sparse-points case)", file=sys.stderr)
             return 2
+    if not os.path.isfile(test):
+        print(f"rounding_floor.py: --test {args.test}: no such file", file=sys.stderr)
+        return 2
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads))
     other = f"gapfit_chunk{args.row_chunk_mb:g}.xml"
     words = config_words(os.path.join(folder, "sparse.xml.fit.cfg"))
