@@ -42,9 +42,12 @@ def main(argv=None):
     os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
     from ase.io import read
 
+    from ase.data import chemical_symbols
+
     import gapfit
     frames = read(args.data, ":")
     train, held = frames[::args.every], frames[args.every // 2::args.every]
+    species = sorted({int(z) for f in train for z in f.numbers})
     gap = D2B + (" : " + SOAP if args.soap else "")
     print(f"{len(train)} training frames (every {args.every}th), {len(held)} held out; gap={{{gap}}}")
     print("| e0_method | e0 (eV) | training energy RMSE (meV/atom) | held-out energy | held-out forces (eV/Å) | fit (s) |")
@@ -57,8 +60,6 @@ def main(argv=None):
         wall = time.perf_counter() - t0
         training = fit.errors_["training"]["overall"]
         scored = next(row for row in fit.score(held) if row["config_type"] == "overall")
-        species = sorted({int(z) for f in train for z in f.numbers})
-        from ase.data import chemical_symbols
         e0 = ", ".join(f"{chemical_symbols[z]} {fit.e0_[z]:.4f}" for z in species)
         print(f"| {method} | {e0} | {training['energy']['rmse'] * 1e3:.3f} | {scored['energy']['rmse'] * 1e3:.3f} | "
               f"{scored['forces']['rmse']:.4f} | {wall:.1f} |", flush=True)

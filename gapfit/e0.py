@@ -156,8 +156,6 @@ def _least_squares_e0(composition, energies, species) -> Tuple[np.ndarray, str, 
     return e0, how, warning
 
 
-
-
 #: e0_method=joint: the prior standard deviation (eV) of each species' offset from the least-squares e0
 E0_PRIOR_SIGMA = 1.0
 

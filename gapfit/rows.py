@@ -109,6 +109,7 @@ def kernel_row_chunks(source, entries, my_frames, coords, names, sigmas, e0, sig
             grad = bool(fr.force_atoms.size) or fr.has_virial
             nl = neighbour_list(frame.positions, frame.cell, frame.pbc, max_cutoff)
             per_atom = _bytes_per_atom(coords, frame, nl, grad)
+            counts = offsets.counts(frame.numbers) if offsets is not None else None
             if per_atom is not None and per_atom.sum() > chunk_bytes:
                 # a frame too big for one chunk: its instances in pieces (by centre atom); the K rows
                 # are sums over instances, so the pieces' rows add up to the frame's
@@ -117,13 +118,12 @@ def kernel_row_chunks(source, entries, my_frames, coords, names, sigmas, e0, sig
                 k = np.zeros((fr.y.size, n_columns))
                 for atoms in _atom_groups(per_atom, chunk_bytes):
                     k += kernel_rows([describe(frame, nl, grad, atoms)], [fr], [len(frame)])
-                add_counts(k, [fr], [offsets.counts(frame.numbers) if offsets is not None else None])
+                add_counts(k, [fr], [counts])
                 done_rows += fr.y.size
                 yield k, fr.y, fr.sigma, ChunkLabels.of([fr], [frame.index], [len(frame)])
                 continue
             values = describe(frame, nl, grad)
-            pending.append((fr, values, len(frame), frame.index,
-                            offsets.counts(frame.numbers) if offsets is not None else None))
+            pending.append((fr, values, len(frame), frame.index, counts))
             pending_rows += fr.y.size
             pending_bytes += 8.0 * fr.y.size * n_columns  # the chunk's K rows
             if per_atom is not None:

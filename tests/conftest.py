@@ -104,33 +104,34 @@ def same_sparse_points(xml, *drop):
     return os.path.basename(cfg)
 
 
-def every_nth_frame(src, dst, step):
-    """Frames 0, step, 2 step, ... of the XYZ file ``src``, copied line for line (bit for bit) to ``dst``."""
-    lines = Path(src).read_text().splitlines(keepends=True)
-    out, k, frame = [], 0, 0
+def _xyz_frames(lines):
+    """The frames of an XYZ file's ``lines``: (count line, comment line, atom lines) of each."""
+    k = 0
     while k < len(lines):
         n = int(lines[k])
-        if frame % step == 0:
-            out += lines[k:k + 2 + n]
-        k, frame = k + 2 + n, frame + 1
-    Path(dst).write_text("".join(out))
+        yield lines[k], lines[k + 1], lines[k + 2:k + 2 + n]
+        k += 2 + n
+
+
+def every_nth_frame(src, dst, step):
+    """Frames 0, step, 2 step, ... of the XYZ file ``src``, copied line for line (bit for bit) to ``dst``."""
+    frames = _xyz_frames(Path(src).read_text().splitlines(keepends=True))
+    Path(dst).write_text("".join("".join([count, comment, *atoms])
+                                 for i, (count, comment, atoms) in enumerate(frames) if i % step == 0))
 
 
 def ulp_copy(src, dst, seed=7):
     """``src`` with every position moved by ±1 ulp (species x y z ... lines), written in full precision."""
     rng = np.random.default_rng(seed)
-    lines = src.read_text().splitlines()
-    out, k = [], 0
-    while k < len(lines):
-        n = int(lines[k])
-        out += lines[k:k + 2]
-        for line in lines[k + 2:k + 2 + n]:
+    out = []
+    for count, comment, atoms in _xyz_frames(Path(src).read_text().splitlines()):
+        out += [count, comment]
+        for line in atoms:
             f = line.split()
             pos = np.array(f[1:4], dtype=float)
             pos = np.nextafter(pos, pos + rng.choice([-1.0, 1.0], size=3) * np.inf)
             out.append(" ".join([f[0], *map(repr, pos.tolist()), *f[4:]]))
-        k += 2 + n
-    dst.write_text("\n".join(out) + "\n")
+    Path(dst).write_text("\n".join(out) + "\n")
 
 
 def mpi_env(threads: int = 1):
