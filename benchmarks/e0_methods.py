@@ -23,6 +23,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from compare_gap_fit import D2B  # noqa: E402
+from fit_options import parse_data_and_threads  # noqa: E402
 
 SOAP = ("soap l_max=4 n_max=4 atom_sigma=0.5 zeta=2 cutoff=4.0 cutoff_transition_width=0.5 central_weight=1.0 "
         "n_sparse=500 delta=0.1 covariance_type=dot_product sparse_method=cur_points")
@@ -34,12 +35,9 @@ def main(argv=None):
                                                   "inp_snap", "InP_snap_train.xyz"))
     p.add_argument("--every", type=int, default=8)
     p.add_argument("--soap", action="store_true", help="distance_2b + soap instead of distance_2b alone")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    args = p.parse_args(argv)
-    if not os.path.exists(args.data):
-        print(f"no data at {args.data}: give --data", file=sys.stderr)
+    args = parse_data_and_threads(p, argv)
+    if args is None:
         return 2
-    os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
     from ase.io import read
 
     from ase.data import chemical_symbols

@@ -195,13 +195,11 @@ class GapFit:
         "virial", on ``validation`` frames or by ``folds``-fold cross-validation.  Returns a
         :class:`gapfit.tuning.ScanResult`: the table, the best point, and the best model refitted.
         """
-        from .tuning import Objective, ScanResult, grid_points, settings
+        from .tuning import Objective, ScanResult, best_index, evaluate_point, grid_points
         problem = self._refit_problem()
         evaluate = Objective(problem, objective, _source_or_none(validation), folds, seed)
-        rows = []
-        for point in grid_points(grid):
-            rows.append({**point, **evaluate(settings(problem, self._current_settings(), **point))})
-        best = min(range(len(rows)), key=lambda k: rows[k]["objective"])
+        rows = [evaluate_point(problem, self._current_settings(), point, evaluate) for point in grid_points(grid)]
+        best = best_index([row["objective"] for row in rows])
         point = {k: rows[best][k] for k in grid}
         return ScanResult(objective=evaluate.name, table=rows, best=point, fit=self.refit(**point))
 

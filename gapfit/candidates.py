@@ -158,7 +158,8 @@ def sparse_points(comm, log, source, entries, labels, my_frames, coords, config_
             choice = rank0_call(comm, choose_sparse_points, c.spec, x, cut, ct, config_type_names, d, rng,
                                 log if comm.rank == 0 else (lambda *a: None), theta=theta,
                                 use_actual_gpcov=v["sparse_use_actual_gpcov"],
-                                permutations=c.descriptor.permutations)
+                                permutations=c.descriptor.permutations,
+                                gap_fit_order=c.descriptor.same_bits_everywhere)
         if comm.rank == 0 and choice.index is not None and c.spec.gp["print_sparse_index"]:
             with open(c.spec.gp["print_sparse_index"], "a") as fh:
                 fh.write(" ".join(str(i + 1) for i in choice.index) + "\n")

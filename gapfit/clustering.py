@@ -66,6 +66,9 @@ duplicates:
 * cur_points/cur_covariance with fewer than two singular values above 1e-13 (e.g. a
   1-dimensional descriptor) divide by a zero rank in gap_fit (NaN keys); here the rank is
   raised to 1 and a warning is logged.  No non-zero singular value at all is an error.
+* cur_points/cur_covariance also leave out singular values below 16 ε s_max (cur_covariance: 16 ε n
+  |λ|_max), which are rounding: gap_fit counts them once s_max ≳ 28 (~800 unit-norm candidates)
+  puts them above 1e-13, and then its rank depends on the last bits (issue 18).
 * cluster: gap_fit loops forever if the cluster of largest SSE is a singleton, and crashes on
   an empty sub-cluster; here only clusters of two or more are bisected, an empty side is
   given its medoid, and an emptied cluster keeps its medoid.

@@ -13,29 +13,42 @@ import numpy as np
 from .dedup import quip_heap_sort_order
 from .errors import ConfigError
 from .spill import drop_pages
-from .selection import (TOL_SVD, SelectionContext, _NormalisedKernel, _block_rows, _ctx, _prepare, _silent,
-                        _symmetrise, check_memory)
+from .selection import (SVD_NOISE_EPS, TOL_SVD, SelectionContext, _NormalisedKernel, _block_rows, _ctx, _prepare,
+                        _silent, _symmetrise, check_memory)
 
 
 # --- CUR --------------------------------------------------------------------------------
-def cur_rank(s: np.ndarray, log=_silent, method: str = "cur_points") -> int:
-    """gap_fit's number of singular vectors in the leverage: #(s > TOL_SVD) // 2 (at least 1)."""
-    count = int(np.count_nonzero(s > TOL_SVD))
+def cur_rank(s: np.ndarray, log=_silent, method: str = "cur_points", noise: float = 0.0) -> int:
+    """gap_fit's number of singular vectors in the leverage: #(s > TOL_SVD) // 2 (at least 1).
+
+    gapfit also leaves out the singular values below ``noise`` (:func:`svd_noise`): gap_fit's
+    absolute 1e-13 is reached by rounding-level singular values once the candidates are many
+    (s_max grows as √n), and then whether one is counted depends on the last bits.  Below ~800
+    unit-norm candidates (s_max ≲ 28) the two rules are the same.
+    """
+    threshold = max(TOL_SVD, noise)
+    count = int(np.count_nonzero(s > threshold))
     if count == 0:
         what = "descriptor" if method == "cur_points" else "normalised kernel"
         raise ConfigError(f"sparse_method={method}: the candidates' {what} matrix has no singular value "
-                          f"above {TOL_SVD:g}")
+                          f"above {threshold:g}")
     rank = count // 2
     if rank == 0:
-        log(f"  warning: {method}: only {count} singular value above {TOL_SVD:g}; gap_fit would divide by a "
+        log(f"  warning: {method}: only {count} singular value above {threshold:g}; gap_fit would divide by a "
             f"zero rank here, using rank 1")
         rank = 1
     return rank
 
 
-def cur_leverage(v: np.ndarray, s: np.ndarray, m: int, log=_silent, method: str = "cur_points") -> np.ndarray:
+def svd_noise(s_max: float, scale: float = 1.0) -> float:
+    """The size below which a singular value is rounding: SVD_NOISE_EPS · ε · s_max (· ``scale``)."""
+    return SVD_NOISE_EPS * np.finfo(float).eps * float(s_max) * scale
+
+
+def cur_leverage(v: np.ndarray, s: np.ndarray, m: int, log=_silent, method: str = "cur_points",
+                 noise: float = 0.0) -> np.ndarray:
     """p_j = min(1, m/r Σ_{k<r} v_jk²), r = :func:`cur_rank`, for singular vectors in columns of v."""
-    rank = cur_rank(s, log, method)
+    rank = cur_rank(s, log, method, noise)
     p = np.einsum("nk,nk->n", v[:, :rank], v[:, :rank])
     p *= m
     p /= rank
@@ -90,7 +103,7 @@ def descriptor_leverage(x: np.ndarray, m: int, log=_silent) -> np.ndarray:
     factor.flush()
     _, s, vt = np.linalg.svd(factor.r)
     del factor
-    rank = cur_rank(s, log, "cur_points")
+    rank = cur_rank(s, log, "cur_points", svd_noise(s[0]) if s.size else 0.0)
     v_scaled = vt[:rank].T / s[:rank]
     p = np.empty(n)
     step = _block_rows(max(d, rank))
@@ -153,7 +166,9 @@ def select_cur_covariance(x, m, rng, context: Optional[SelectionContext] = None)
     a = cur_covariance_matrix(x, ctx)
     lam, w = scipy.linalg.eigh(a, check_finite=False)
     order = np.argsort(-np.abs(lam), kind="stable")
-    p = cur_leverage(w[:, order], np.abs(lam[order]), m, ctx.log, "cur_covariance")
+    magnitude = np.abs(lam[order])
+    # a symmetric eigensolver's rounding is ~ n ε ‖A‖
+    p = cur_leverage(w[:, order], magnitude, m, ctx.log, "cur_covariance", svd_noise(magnitude[0], a.shape[0]))
     del w
     chosen = cur_keys_select(p, m, rng)
     if ctx.cur_report_error:

@@ -1,10 +1,23 @@
-"""gap_fit's duplicate filter, run on every coordinate's candidates before sparse points are chosen.
+"""The duplicate filter, run on every coordinate's candidates before sparse points are chosen.
 
-Instances are ordered by the L1 norm of their vector with QUIP's heap sort (its tie order
-decides which of two equal instances survives), and of two neighbours in that order whose
-norms differ by less than ``unique_hash_tolerance`` and whose components differ by less than
-``unique_descriptor_tolerance``, the earlier one is dropped.  Which member of a group of
-equivalent environments survives is therefore decided by the last bits of their norms.
+gap_fit's test of two instances: their L1 norms differ by less than ``unique_hash_tolerance`` and
+every component by less than ``unique_descriptor_tolerance`` (both 1e-10 by default).
+
+gap_fit applies the test only to neighbours in QUIP's heap-sorted order of the L1 norms, and drops
+the earlier of two, so which instances survive is decided by the last bits of the norms.  Where
+those bits are the same on every machine (descriptors computed by elementwise arithmetic in
+QUIP's order: distance_2b, angle_3b, distance_Nb; ``Descriptor.same_bits_everywhere``) gapfit
+applies gap_fit's rule exactly (``gap_fit_order``) and reproduces gap_fit's sparse points.
+
+soap's values come from BLAS, and their last bits differ between CPUs, BLAS kernels and programs.
+Symmetric structures have *different* environments with equal norms (InP's In and P sites), and
+how copies of the two interleave in the sorted order decides how many copies survive gap_fit's
+rule, and which (issue 18: with OpenBLAS's Haswell and SkylakeX kernels, 1390 and 1386 of InP's
+1382 distinct soap environments survived, and cur_points then shared only 113 of 200 points).
+For those descriptors the norms only group the instances into runs (consecutive sorted norms
+closer than the hash tolerance), and within a run every instance is compared with the first of
+the run in data order, then the rest with the next first, and so on: exactly one instance of
+each environment survives, the first in data order, on every machine.
 """
 
 from __future__ import annotations
@@ -96,8 +109,57 @@ def _l1_norms(x: np.ndarray, idx: Optional[np.ndarray], out: np.ndarray, block: 
         drop_pages(x)
 
 
-def unique_mask(x: np.ndarray, candidate: np.ndarray, hash_tolerance: float, descriptor_tolerance: float) -> np.ndarray:
-    """``candidate`` with gap_fit's duplicates removed (see module docstring).
+def unique_mask(x: np.ndarray, candidate: np.ndarray, hash_tolerance: float, descriptor_tolerance: float,
+                gap_fit_order: bool = False) -> np.ndarray:
+    """``candidate`` with the duplicates removed: the first in data order of each group survives
+    (see the module docstring); with ``gap_fit_order``, gap_fit's own rule (for descriptors whose
+    values are the same bits on every machine: :attr:`gapfit.descriptors.base.Descriptor.same_bits_everywhere`).
+
+    Memory: the norms and their order (16 bytes a candidate); x is read a block at a time.
+    """
+    if gap_fit_order:
+        return _gap_fit_unique_mask(x, candidate, hash_tolerance, descriptor_tolerance)
+    keep = candidate.copy()
+    idx = None if candidate.all() else np.nonzero(candidate)[0]  # None: every row (no index array)
+    n = x.shape[0] if idx is None else idx.size
+    if n < 2:
+        return keep
+    norms = np.empty(n)
+    _l1_norms(x, idx, norms)
+    order = np.argsort(norms, kind="stable")
+    linked = np.abs(np.diff(norms[order])) < hash_tolerance  # sorted neighbours in one run
+    del norms
+    run = np.cumsum(np.concatenate([[True], ~linked]))  # run number of each sorted position
+    in_run = np.concatenate([linked, [False]]) | np.concatenate([[False], linked])
+    member, run = order[in_run], run[in_run]  # positions in the candidate list (data order)
+    del order, linked, in_run
+    while member.size:
+        o = np.lexsort((member, run))
+        member, run = member[o], run[o]
+        first = np.concatenate([[True], run[1:] != run[:-1]])
+        reference = member[np.flatnonzero(first)[np.cumsum(first) - 1]]  # each run's first in data order
+        same = np.zeros(member.size, dtype=bool)
+        others = np.flatnonzero(~first)
+        step = max(1, PAIR_BLOCK_ELEMENTS // max(x.shape[1], 1))
+        for start in range(0, others.size, step):  # compared a block of pairs at a time
+            block = others[start:start + step]
+            a, b = member[block], reference[block]
+            diff = x[a if idx is None else idx[a]]
+            diff -= x[b if idx is None else idx[b]]
+            drop_pages(x)  # the rows gathered from all over a file-backed x
+            np.abs(diff, out=diff)
+            same[block] = diff.max(axis=1) < descriptor_tolerance
+        dropped = member[same]
+        keep[dropped if idx is None else idx[dropped]] = False
+        rest = ~first & ~same  # other environments in the run: compared among themselves next
+        member, run = member[rest], run[rest]
+    return keep
+
+
+def _gap_fit_unique_mask(x: np.ndarray, candidate: np.ndarray, hash_tolerance: float,
+                         descriptor_tolerance: float) -> np.ndarray:
+    """gap_fit's own rule: of two neighbours in QUIP's heap-sort order of the L1 norms that pass the
+    test, the earlier is dropped.
 
     Memory: the sort's keys and permutation (16 bytes a candidate), x is read a block at a time.
     """

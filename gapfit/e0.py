@@ -99,7 +99,7 @@ def compute_e0(values: Dict, given: Dict, entries: Sequence[FrameIndex], single_
         e0 = np.zeros(N_ELEMENTS + 1)
         net = " (net of the core potential)" if core_energy else ""
         if values["e0_method"] in ("least_squares", "joint"):  # joint: the GP fits offsets from it
-            e0[list(species)], how, text = _least_squares_e0(composition, energies, species)
+            e0[list(species)], how, text = _least_squares_e0(composition, energies, species, values["e0_method"])
             how += net
             if text:
                 warnings.append(text)
@@ -136,23 +136,40 @@ def _compositions(entries, species, names, core_energy):
     return np.array(rows).reshape(-1, len(species)), np.array(energies)
 
 
-def _least_squares_e0(composition, energies, species) -> Tuple[np.ndarray, str, str]:
-    """e0 of each species from min Σ_f ((E_f − n_f·e0) / N_f)² (LAPACK least squares)."""
+#: Singular values of the composition matrix below this fraction of the largest count as zero.
+#: Compositions are ratios of atom counts, exact to ~1e-16, so an exactly rank-deficient matrix (one
+#: compound throughout, e.g. every frame InP) has rounding-level singular values of ~1e-16 relative,
+#: whose size depends on the BLAS kernels (SkylakeX 2.2e-16, Haswell 2.1e-16 on ten InP dimers: LAPACK's
+#: default cutoff, eps, fell between them).  Real variation is far above 1e-8: frames of N atoms that
+#: differ by one atom differ by 1/N in a fraction, and even one such frame among F gives a singular
+#: value of ~1/(N √F) relative, 1e-6 for N = 1000 and F = 1e6.
+COMPOSITION_RANK_RTOL = 1e-8
+
+
+def _least_squares_e0(composition, energies, species, method="least_squares") -> Tuple[np.ndarray, str, str]:
+    """e0 of each species from min Σ_f ((E_f − n_f·e0) / N_f)² (LAPACK least squares, gelsd).
+
+    The rank of the composition matrix is decided at :data:`COMPOSITION_RANK_RTOL`; when it is
+    below the number of species, e0 is the minimum-norm solution (on one-compound data, every
+    species gets the mean energy per atom) and a warning says so.
+    """
     import scipy.linalg as sla
     n_atoms = composition.sum(axis=1)
     if energies.size == 0:
         return np.zeros(len(species)), "e0 = 0 (no energies to fit e0 to)", ""
     a = composition / n_atoms[:, None]
-    e0, _, rank, _ = sla.lstsq(a, energies / n_atoms, lapack_driver="gelsd")
+    e0, _, rank, _ = sla.lstsq(a, energies / n_atoms, cond=COMPOSITION_RANK_RTOL, lapack_driver="gelsd")
     residual = a @ e0 - energies / n_atoms
     how = (f"e0 by least squares over the composition of {energies.size} frames (gapfit): "
            + ", ".join(f"{chemical_symbols[z]} {v:.6f}" for z, v in zip(species, e0))
            + f" eV; rms residual {np.sqrt(np.mean(residual ** 2)) * 1e3:.4g} meV/atom")
     warning = ""
     if rank < len(species):
-        warning = (f"e0_method=least_squares: the compositions of the data do not separate the {len(species)} species "
-                   f"(rank {rank}): e0 is the minimum-norm solution; add frames of other stoichiometry or isolated "
-                   f"atoms, or give e0")
+        fixed = ("e0 is the minimum-norm solution" if method == "least_squares" else
+                 "e0 starts from the minimum-norm solution, and the fitted offsets along the compositions "
+                 "the data lack stay at it")
+        warning = (f"e0_method={method}: the compositions of the data do not separate the {len(species)} species "
+                   f"(rank {rank}): {fixed}; add frames of other stoichiometry or isolated atoms, or give e0")
     return e0, how, warning
 
 

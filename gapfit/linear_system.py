@@ -58,6 +58,7 @@ class FitContext:
     species: list = field(default_factory=list)  # in order of first appearance
     row_cache: object = None  # a gapfit.refit.KernelRowCache that keeps the unscaled rows, or None
     offsets: object = None  # gapfit.e0.SpeciesOffsets (e0_method=joint): columns after the sparse points
+    rnd_seed: int = 0  # the seed the sparse points were drawn with (a checkpoint keeps it)
 
     @property
     def n_sparse(self) -> int:
@@ -143,9 +144,9 @@ def _log_rates(ctx, stats):
             f"{stats['gemm_flops'] / 1e9 / max(stats['kernel_seconds'], 1e-9):.1f} GFLOP/s) on rank {ctx.comm.rank}")
 
 
-def cholesky_of_kmm(coords, jitter, offsets=None):
+def cholesky_of_kmm(coords, jitter, offsets=None, warn=None):
     from .solvers.serial import cholesky_upper
-    return cholesky_upper(k_mm(coords, jitter, offsets), jitter)
+    return cholesky_upper(k_mm(coords, jitter, offsets), jitter, warn)
 
 
 def log_u_diag(u: np.ndarray) -> float:
@@ -207,7 +208,7 @@ def solve_dense(ctx: FitContext, stats) -> Solution:
         np.savetxt(f"{prefix}.A.{comm.rank}", a_local[:filled])
         np.savetxt(f"{prefix}.b.{comm.rank}", b_local[:filled])
     with log.phase("K_MM and its Cholesky factor"):
-        u = rank0_only(comm, cholesky_of_kmm, ctx.coords, v["sparse_jitter"], ctx.offsets)
+        u = rank0_only(comm, cholesky_of_kmm, ctx.coords, v["sparse_jitter"], ctx.offsets, log.warn)
         log_u = log_u_diag(u) if comm.rank == 0 else 0.0
         if comm.size == 1:
             a_local[filled:filled + n_sparse] = u
@@ -299,7 +300,7 @@ def solve_streaming(ctx: FitContext, stats, run=None) -> Solution:
     factor = TriangularFactor(n_sparse)
     fold_u = not (run is not None and run.u_folded)
     with log.phase("K_MM and its Cholesky factor"):
-        u = rank0_only(comm, cholesky_of_kmm, ctx.coords, v["sparse_jitter"], ctx.offsets)
+        u = rank0_only(comm, cholesky_of_kmm, ctx.coords, v["sparse_jitter"], ctx.offsets, log.warn)
         log_u = log_u_diag(u) if comm.rank == 0 else 0.0
         if fold_u and comm.rank == 0:
             factor.add_rows(np.hstack([u, np.zeros((n_sparse, 1))]))
@@ -338,8 +339,9 @@ def solve_streaming(ctx: FitContext, stats, run=None) -> Solution:
 
 
 def common_arrays(ctx: FitContext) -> dict:
-    """What a checkpoint keeps of the sparse-point phase: the points, their cutoffs, θ, and e0."""
+    """What a checkpoint keeps of the sparse-point phase: the points, their cutoffs, θ, e0 and the seed."""
     arrays = {"e0": np.asarray(ctx.e0, dtype=float), "species": np.asarray(ctx.species, dtype=np.int64),
+              "rnd_seed": np.int64(ctx.rnd_seed),
               "pieces": np.array([" ".join(c.spec.piece.split()) for c in ctx.coords])}
     for k, c in enumerate(ctx.coords):
         arrays[f"x{k}"] = c.kernel.sparse_x

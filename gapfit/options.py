@@ -281,7 +281,9 @@ TOP_LEVEL = Schema([
           help="the GAP XML model written"),
     Param("verbosity", choice("NORMAL", "VERBOSE", "NERD", "ANALYSIS", case_sensitive=True), "NORMAL",
           help="NORMAL, or VERBOSE (and above) for tracebacks with errors"),
-    Param("rnd_seed", to_int, -1, help="seed of the random sparse-point choices; -1 takes one from the clock"),
+    Param("rnd_seed", to_int, -1,
+          help="seed of the random sparse-point choices; -1 draws one, which the model's command line and "
+               "report_file record"),
     Param("openmp_chunk_size", to_int, 0, check=non_negative,
           help="gap_fit's OpenMP chunk size (accepted; gapfit's threads are BLAS's)"),
     Param("do_ip_timing", to_bool, False, help="gap_fit's timers (accepted; gapfit always reports timings)"),

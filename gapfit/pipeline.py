@@ -43,7 +43,7 @@ from .outputs import input_files, output_files, refuse_clobbering, test_files
 from .parallel import SerialComm, rank0_call, rank0_only
 from .report import Reporter, human_bytes
 from .linear_system import FitContext, choose_path, solve
-from .sparsify import SparseChoice, make_rng, parse_config_type_n_sparse
+from .sparsify import QuipRandom, SparseChoice, choose_seed, parse_config_type_n_sparse
 
 
 @dataclass
@@ -184,8 +184,10 @@ def _run_fit(opts, source, comm, stream, quiet, write, extends, stop, keep_kerne
             log(run.describe())
             e0 = np.asarray(run.common["e0"], dtype=float)
 
-    rng, seed = make_rng(v["rnd_seed"])
-    log(f"Random seed = {seed}")
+    seed, command_line = _random_seed(comm, opts, run)
+    rng = QuipRandom(seed)
+    log(f"Random seed = {seed}" + ("" if command_line == opts.option_string else
+                                   " (drawn: the model's command line records it as rnd_seed)"))
 
     # -- sparse points -----------------------------------------------------------------
     if run is not None and run.resuming:
@@ -216,8 +218,8 @@ def _run_fit(opts, source, comm, stream, quiet, write, extends, stop, keep_kerne
         xyz_lines = rank0_only(comm, source.text_lines)
 
     if sparsify_only:
-        model = _model(label, e0, coords, [np.zeros(c.n_sparse) for c in coords], opts, xyz_lines, fitted=False,
-                       core_text=core_text)
+        model = _model(label, e0, coords, [np.zeros(c.n_sparse) for c in coords], opts, command_line, xyz_lines,
+                       fitted=False, core_text=core_text)
         files = rank0_call(comm, write_model, model, gp_file, v["sparse_separate_file"]) if write else []
         if write:
             from .two_step import prepare_second_run
@@ -234,7 +236,7 @@ def _run_fit(opts, source, comm, stream, quiet, write, extends, stop, keep_kerne
     # -- the linear system -------------------------------------------------------------
     ctx = FitContext(comm=comm, log=log, source=source, entries=entries, owner=owner, frame_rows=frame_rows_count,
                      coords=coords, names=names, sigmas=sigmas, e0=e0, values=v, max_cutoff=max_cutoff, core=core,
-                     species=list(extends["species"]) if extends is not None else species)
+                     species=list(extends["species"]) if extends is not None else species, rnd_seed=seed)
     if fit_e0_offsets:
         ctx.offsets = SpeciesOffsets(ctx.species, n_sparse)
         n_sparse = ctx.n_sparse
@@ -255,7 +257,7 @@ def _run_fit(opts, source, comm, stream, quiet, write, extends, stop, keep_kerne
     if ctx.offsets is not None:
         log(ctx.offsets.describe(e0_base, alpha))
         e0 = ctx.offsets.e0(e0_base, alpha)
-    model = _model(label, e0, coords, alphas, opts, xyz_lines, fitted=True, core_text=core_text)
+    model = _model(label, e0, coords, alphas, opts, command_line, xyz_lines, fitted=True, core_text=core_text)
     files = []
     if write:
         with log.phase("Writing the model"):
@@ -269,7 +271,8 @@ def _run_fit(opts, source, comm, stream, quiet, write, extends, stop, keep_kerne
                     "descriptor s": stats["descriptor_seconds"], "kernel rows s": stats["kernel_seconds"]})
     if v["report_file"]:
         report = log.json_report()
-        report.update(version=__version__, n_sparse=n_sparse, target_rows=int(frame_rows_count.sum()), files=files,
+        report.update(version=__version__, rnd_seed=seed, n_sparse=n_sparse, target_rows=int(frame_rows_count.sum()),
+                      files=files,
                       coordinates=[{"descriptor": " ".join(c.spec.piece.split()), "n_sparse": c.n_sparse} for c in coords],
                       **solution.report)
         if errors:
@@ -466,7 +469,19 @@ def _targets_table(log, names, labels, sigmas, v):
         + ("are scaled by sqrt(N_atoms)" if v["kernel_regularisation_is_per_atom"] else "are absolute"))
 
 
-def _model(label, e0, coords, alphas, opts, xyz_lines, fitted, core_text=None):
+def _random_seed(comm, opts, run):
+    """The seed of the sparse points' random choices (the same on every rank), and the command line the
+    model records: a drawn seed (rnd_seed not positive) is appended to it as ``rnd_seed=``, so that the
+    model's own command line fits it again.  A resumed checkpoint keeps its first run's seed."""
+    seed = opts.values["rnd_seed"]
+    if run is not None and run.resuming and "rnd_seed" in run.common:
+        seed = int(run.common["rnd_seed"])
+    seed = rank0_call(comm, choose_seed, seed)
+    drawn = opts.values["rnd_seed"] <= 0
+    return seed, (f"{opts.option_string} rnd_seed={seed}" if drawn else opts.option_string)
+
+
+def _model(label, e0, coords, alphas, opts, command_line, xyz_lines, fitted, core_text=None):
     cms = []
     for c, alpha in zip(coords, alphas):
         k = c.kernel
@@ -476,7 +491,7 @@ def _model(label, e0, coords, alphas, opts, xyz_lines, fitted, core_text=None):
             theta=getattr(k, "theta", None), zeta=getattr(k, "zeta", None),
             permutations=c.descriptor.permutations if k.covariance_type in (1, 4) else None))
     core_args = opts.values["baseline_ip_args"] if core_text is not None else ""
-    return GapModel(label=label, e0=e0, coordinates=cms, fitted=fitted, command_line=opts.option_string,
+    return GapModel(label=label, e0=e0, coordinates=cms, fitted=fitted, command_line=command_line,
                     xyz_lines=xyz_lines, core_ip_args=core_args, core_xml=core_text)
 
 

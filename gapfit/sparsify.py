@@ -195,7 +195,7 @@ class SparseChoice:
 def choose_sparse_points(spec, x: Optional[np.ndarray], cutoff: Optional[np.ndarray], config_type: Optional[np.ndarray],
                          config_type_names: Sequence[str], d: int, rng: np.random.Generator, log=print,
                          theta: Optional[np.ndarray] = None, use_actual_gpcov: bool = False,
-                         permutations: Optional[np.ndarray] = None) -> SparseChoice:
+                         permutations: Optional[np.ndarray] = None, gap_fit_order: bool = False) -> SparseChoice:
     """Select one coordinate's sparse points with ``spec.gp['sparse_method']``.
 
     ``x``, ``cutoff`` and ``config_type`` (index into ``config_type_names``) are
@@ -221,7 +221,7 @@ def choose_sparse_points(spec, x: Optional[np.ndarray], cutoff: Optional[np.ndar
         index = np.sort(index)
         return SparseChoice(np.array(x[index]), cutoff[index], index)
     candidate = unique_mask(x, np.ones(n_all, dtype=bool), gp["unique_hash_tolerance"],
-                            gp["unique_descriptor_tolerance"])
+                            gp["unique_descriptor_tolerance"], gap_fit_order)
     n_x = int(candidate.sum())
     if method == "none":
         index = np.nonzero(candidate)[0]
@@ -363,8 +363,10 @@ class QuipRandom:
         return getattr(self.numpy, name)
 
 
-def make_rng(seed: int):
-    """The generator of all random choices, and the seed actually used (printed for reproducibility)."""
+def choose_seed(seed: Optional[int]) -> int:
+    """The seed of all random choices: ``rnd_seed`` when positive, else one drawn from the operating
+    system's entropy (gap_fit takes one from the clock).  A drawn seed is written into the model's
+    command line and ``report_file``, so that the model's own command line fits it again."""
     if seed is None or seed <= 0:
-        seed = int(np.random.SeedSequence().entropy % (2 ** 31 - 2)) + 1
-    return QuipRandom(seed), seed
+        return int(np.random.SeedSequence().entropy % (2 ** 31 - 2)) + 1
+    return int(seed)

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .data import SigmaTable
-from .errors import ConfigError
+from .errors import ConfigError, NumericalError
 
 #: keys a refit takes; energy_sigma, force_sigma and virial_sigma set one entry of default_sigma
 REFIT_KEYS = ("default_sigma", "config_type_sigma", "delta", "sparse_jitter",
@@ -180,6 +180,36 @@ class Objective:
         return row
 
 
+#: objectives closer than this fraction of the best one's size are a tie, which the order of the
+#: points settles: far above their rounding (a Si likelihood scan differed by 4e-14 relative between
+#: BLAS kernel families, and picked another sparse_jitter under each), far below any difference that
+#: matters (0.02 of a log-likelihood of 2e4)
+TIE_RTOL = 1e-6
+
+
+def best_index(objectives: Sequence[Optional[float]]) -> int:
+    """The first point (in grid or evaluation order) whose objective is within :data:`TIE_RTOL` of
+    the smallest; a missing or NaN objective counts as +∞."""
+    values = np.array([np.inf if v is None or not np.isfinite(v) else float(v) for v in objectives])
+    best = values.min() if values.size else np.inf
+    if not np.isfinite(best):
+        return 0
+    return int(np.flatnonzero(values <= best + TIE_RTOL * abs(best))[0])
+
+
+def evaluate_point(problem, start: Settings, point: Dict[str, float], evaluate: Objective) -> dict:
+    """One row of a scan or an optimisation: the point and its objective.  A setting whose K_MM or
+    R does not factorise is a bad one (objective +∞, the reason kept), not the end of the search."""
+    try:
+        return {**point, **evaluate(settings(problem, start, **point))}
+    except NumericalError as exc:
+        return {**point, "log_likelihood": None, "objective": float("inf"), "failed": str(exc)}
+    except ConfigError as exc:
+        if "refit:" not in str(exc):
+            raise
+        return {**point, "log_likelihood": None, "objective": float("inf"), "failed": str(exc)}
+
+
 @dataclass
 class ScanResult:
     """A scan's or an optimisation's evaluations (``table``: one dict per setting, with
@@ -195,16 +225,19 @@ class ScanResult:
         """The table as text, best setting marked."""
         if not self.table:
             return []
-        keys = list(self.table[0])
+        keys = list(dict.fromkeys(k for row in self.table for k in row if k != "failed"))
         out = ["  ".join(f"{k:>14}" for k in keys)]
-        best = min(range(len(self.table)), key=lambda k: self.table[k]["objective"])
+        best = best_index([row["objective"] for row in self.table])
         for i, row in enumerate(self.table):
             cells = []
             for k in keys:
-                v = row[k]
+                v = row.get(k)
                 cells.append(f"{v:>14.6g}" if isinstance(v, (float, int, np.floating)) and v is not None
                              else f"{str(v):>14}")
-            out.append("  ".join(cells) + ("  <- best" if i == best else ""))
+            note = "  <- best" if i == best else ""
+            if "failed" in row:
+                note += "  failed: " + row["failed"].split(":")[0]
+            out.append("  ".join(cells) + note)
         return out
 
 
@@ -229,16 +262,10 @@ def optimise_settings(problem, start: Settings, keys: List[str], evaluate: Objec
     rows: List[dict] = []
 
     def f(x):
-        point = {k: float(np.exp(v)) for k, v in zip(keys, x)}
-        try:
-            row = {**point, **evaluate(settings(problem, start, **point))}
-        except Exception as exc:  # a setting that fails to factorise is a bad one, not the end
-            if not isinstance(exc, (ConfigError,)) and "refit:" not in str(exc):
-                raise
-            row = {**point, "log_likelihood": None, "objective": float("inf")}
+        row = evaluate_point(problem, start, {k: float(np.exp(v)) for k, v in zip(keys, x)}, evaluate)
         rows.append(row)
         return row["objective"]
 
     minimize(f, x0, method="Nelder-Mead", options={"maxfev": int(max_evaluations), "xatol": 1e-3, "fatol": 1e-9})
-    best = min(range(len(rows)), key=lambda k: rows[k]["objective"])
+    best = best_index([row["objective"] for row in rows])
     return rows, {k: rows[best][k] for k in keys}

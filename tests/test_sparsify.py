@@ -127,9 +127,69 @@ def test_compiled_heap_sort_keeps_the_tie_order():
 
 
 def test_unique_mask_drops_earlier_duplicate_in_sorted_order():
+    """gap_fit's own rule (gap_fit_order: descriptors whose bits are the same everywhere)."""
     x = np.array([[1.0], [2.0], [1.0], [3.0], [1.0 + 1e-12]])
-    keep = unique_mask(x, np.ones(5, dtype=bool), 1e-10, 1e-10)
+    keep = unique_mask(x, np.ones(5, dtype=bool), 1e-10, 1e-10, gap_fit_order=True)
     assert keep.sum() == 3 and keep[1] and keep[3]
+    assert list(unique_mask(x, np.ones(5, dtype=bool), 1e-10, 1e-10)) == [True, True, False, True, False]
+
+
+def test_unique_mask_does_not_hang_on_the_last_bit():
+    """Issue 18: two environments with the same L1 norm (the species channels swapped, as InP's In and
+    P sites), 12 copies of each, every copy moved by random ±1-ulp rounding.  gap_fit's rule compares
+    only neighbours in the sorted norms, so how the copies interleave decides how many survive; the
+    filter keeps exactly the first copy in data order of each environment, whatever the rounding."""
+    a = np.array([0.125, 0.5, 0.25, 0.0625, 0.0625])
+    b = a[[1, 0, 2, 4, 3]]  # same norm, another environment
+    base = np.array([a, b] * 12)
+    base = np.vstack([base, [[1.0, 0, 0, 0, 0], [0.0, 1, 0, 0, 0]]])  # and two distinct ones
+    masks, gap_fit_counts = set(), set()
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        x = base * (1.0 + rng.choice([-1.0, 0.0, 1.0], base.shape) * 2.0 ** -52)
+        keep = unique_mask(x, np.ones(len(x), bool), 1e-10, 1e-10)
+        masks.add(tuple(np.flatnonzero(keep)))
+        gap_fit_counts.add(int(unique_mask(x, np.ones(len(x), bool), 1e-10, 1e-10, gap_fit_order=True).sum()))
+    assert masks == {(0, 1, 24, 25)}
+    assert len(gap_fit_counts) > 1, gap_fit_counts  # the rounding does move gap_fit's rule
+    # a candidate mask: the first *candidate* of each environment survives
+    candidate = np.ones(len(base), bool)
+    candidate[[0, 3]] = False
+    assert list(np.flatnonzero(unique_mask(base, candidate, 1e-10, 1e-10))) == [1, 2, 24, 25]
+
+
+def test_sparse_points_do_not_depend_on_the_blas_kernels(tmp_path):
+    """Issue 18: soap's values differ in their last bits between OpenBLAS kernel families, and the
+    duplicate filter used to decide on those bits (InP: 113 of 200 cur_points shared between Haswell's
+    and SkylakeX's kernels).  The same sparse points, by index, under the native kernels and a second
+    family (tests/openblas_kernels.py), for soap (cur_points) and distance_2b (uniform)."""
+    from conftest import DATA, mpi_env
+    from openblas_kernels import kernel_environments
+    gap = ("gap={soap l_max=4 n_max=6 atom_sigma=0.5 cutoff=5.0 cutoff_transition_width=1.0 central_weight=1.0 "
+           "n_species=2 species_Z={15 49} covariance_type=dot_product zeta=2 delta=0.1 n_sparse=200 "
+           "sparse_method=cur_points print_sparse_index=soap_index.txt : distance_2b cutoff=5.0 "
+           "covariance_type=ard_se delta=1.0 theta_uniform=1.0 n_sparse=20 sparse_method=uniform "
+           "print_sparse_index=pair_index.txt}")
+    chosen = []
+    for k, env in enumerate(kernel_environments()):
+        run = tmp_path / f"run{k}"
+        run.mkdir()
+        shutil.copy(DATA / "inp_snap" / "InP_subset.xyz", run)
+        proc = run_gapfit(["at_file=InP_subset.xyz", gap, "energy_parameter_name=energy", "force_parameter_name=forces",
+                           "default_sigma={0.002 0.1 0.05 0.0}", "e0_method=average", "rnd_seed=3",
+                           "gp_file=sparse.xml", "sparsify_only_no_fit=T"], run, env={**mpi_env(), **env})
+        assert proc.returncode == 0, proc.stderr
+        chosen.append((env["GAPFIT_TEST_KERNELS"], [(run / f).read_text().splitlines() for f in ("soap_index.txt",
+                                                                                                  "pair_index.txt")]))
+    print("kernel families:", [name for name, _ in chosen])
+    for name, (soap, pair) in chosen:  # add_species: a soap coordinate per centre, a pair one per species pair
+        assert [len(set(line.split())) for line in soap] == [200, 200], name
+        assert [len(set(line.split())) for line in pair] == [20, 20, 20], name
+    for name, (soap, pair) in chosen[1:]:
+        for k, (a, b) in enumerate(zip(soap, chosen[0][1][0])):
+            shared = len(set(a.split()) & set(b.split()))
+            print(f"soap coordinate {k + 1}: {shared} of 200 sparse points shared by {chosen[0][0]} and {name}")
+        assert soap == chosen[0][1][0] and pair == chosen[0][1][1]
 
 
 def test_uniform_first_point_per_bin():

@@ -33,6 +33,7 @@ class Angle3b(Descriptor):
     name = "angle_3b"
     n_index = 1
     summary = "triplets of a centre and two neighbours: (r_ij + r_ik, (r_ij − r_ik)², r_jk)"
+    same_bits_everywhere = True  # elementwise: r = √(Σ d²) in QUIP's order, sums and squares
     sparse_methods = ("uniform", "random", "cur_points", "cur_covariance", "pivot", "kmeans", "fuzzy", "cluster",
                       "covariance", "none", "file", "index_file")
     schema = Schema([

@@ -69,6 +69,9 @@ class Descriptor:
     schema: ClassVar[Schema]
     n_index: ClassVar[int] = 1
     sparse_methods: ClassVar[Sequence[str]] = ()  # those that make sense for it (gapfit --help)
+    #: values computed by elementwise IEEE arithmetic in QUIP's order (no BLAS): the same bits on every
+    #: machine and in gap_fit, so the duplicate filter may decide on them as gap_fit does (gapfit.dedup)
+    same_bits_everywhere: ClassVar[bool] = False
     #: keys of published command lines that current gap_fit ignores: accepted with a warning
     legacy_keys: ClassVar[Dict[str, str]] = {}
 

@@ -70,6 +70,12 @@ class Distance2b(Descriptor):
     def dimensions(self) -> int:
         return int(self.exponents.shape[0])
 
+    @property
+    def same_bits_everywhere(self) -> bool:
+        """x = r (exponents 1) is elementwise and exact; other powers go through NumPy's vectorised pow,
+        whose last bits differ between CPUs (SVML on AVX-512)."""
+        return bool(np.all(self.exponents == 1))
+
     @classmethod
     def expand_species(cls, piece: str, species: List[int]) -> List[str]:
         base = piece.rstrip()

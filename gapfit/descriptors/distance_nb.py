@@ -105,6 +105,7 @@ def _connected_graphs(order: int) -> np.ndarray:
 class DistanceNb(Descriptor):
     name = "distance_Nb"
     summary = "clusters of order 2 or 3 atoms, described by their pair distances"
+    same_bits_everywhere = True  # elementwise: r = √(Σ d²) in QUIP's order, sums and squares
     sparse_methods = ("uniform", "random", "cur_points", "cur_covariance", "pivot", "kmeans", "fuzzy", "cluster",
                       "covariance", "none", "file", "index_file")
     schema = Schema([

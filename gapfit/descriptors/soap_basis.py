@@ -38,8 +38,10 @@ class RadialBasis:
                        + alpha * np.exp(-0.5 * alpha * (ri - rj) ** 2) * math.sqrt(math.pi)
                        * (1.0 + alpha * s ** 2) * (1.0 + erf(math.sqrt(alpha / 2.0) * s)))
             overlap = overlap / math.sqrt(128.0 * alpha ** 5)
-            chol = scipy.linalg.cholesky(overlap, lower=True)
-            transform = scipy.linalg.cho_solve(scipy.linalg.cho_factor(cov, lower=False), chol)
+            chol = cholesky_lower(overlap)
+            cov_chol = cholesky_lower(cov)
+            transform = scipy.linalg.solve_triangular(
+                cov_chol, scipy.linalg.solve_triangular(cov_chol, chol, lower=True), lower=True, trans="T")
             self.transform = np.broadcast_to(transform, (lmax + 1, n, n))
             self.centre_coefficients = chol[0].copy()
         else:
@@ -129,9 +131,34 @@ def _exp_as_libm(x):
     return np.exp(np.asarray(x, dtype=np.longdouble)).astype(np.float64)
 
 
+def cholesky_lower(a: np.ndarray) -> np.ndarray:
+    """L with a = L Lᵀ, the same bits on every machine; :class:`numpy.linalg.LinAlgError` if a is not
+    positive definite.
+
+    The bases' overlap matrices become singular to working precision as n_max grows (POLY n_max 11,
+    GTO 18: smallest eigenvalue ~1e-17 of the largest), and whether LAPACK's Cholesky of such a matrix
+    succeeds depended on the BLAS kernels (issue 18: 13 of 990 settings succeeded under OpenBLAS's
+    Haswell kernels and failed under SkylakeX's, or the reverse).  Here each pivot and element is
+    one exactly rounded sum (math.fsum of the elementwise products), so the answer depends only on
+    the matrix.  n is at most a few tens, so the O(n³) Python loop costs well under a millisecond.
+    """
+    a = np.asarray(a, dtype=float)
+    n = a.shape[0]
+    low = np.zeros_like(a)
+    for j in range(n):
+        row = low[j, :j]
+        pivot = a[j, j] - math.fsum(row * row)
+        if not pivot > 0.0:
+            raise np.linalg.LinAlgError(f"{j + 1}-th leading minor not positive definite")
+        low[j, j] = math.sqrt(pivot)
+        for i in range(j + 1, n):
+            low[i, j] = (a[i, j] - math.fsum(low[i, :j] * row)) / low[j, j]
+    return low
+
+
 def _least_squares_map(basis, overlap):
     """The linear map (n, n_grid) from grid values to coefficients: min ‖B L⁻ᵀ c − g‖ (QR), as QUIP."""
-    chol = scipy.linalg.cholesky(overlap, lower=True)
+    chol = cholesky_lower(overlap)
     linv_t = scipy.linalg.solve_triangular(chol.T, np.eye(chol.shape[0]), lower=False)
     bl = basis @ linv_t
     q, r = scipy.linalg.qr(bl, mode="economic")

@@ -19,15 +19,34 @@ from .threads import lapack_threads
 SMALL_QR = 256
 
 
-def cholesky_upper(k_mm: np.ndarray, sparse_jitter: float) -> np.ndarray:
-    """Upper factor U with K_MM = UᵀU (LAPACK dpotrf on the lower triangle, as gap_fit)."""
+def rounding_level(k_mm: np.ndarray) -> float:
+    """M ε max K_ii: the size of K_MM's rounding errors, below which an eigenvalue is noise."""
+    return k_mm.shape[0] * np.finfo(float).eps * float(np.max(np.diag(k_mm))) if k_mm.size else 0.0
+
+
+def cholesky_upper(k_mm: np.ndarray, sparse_jitter: float, warn=None) -> np.ndarray:
+    """Upper factor U with K_MM = UᵀU (LAPACK dpotrf on the lower triangle, as gap_fit).
+
+    gap_fit stops when K_MM does not factorise, and so does gapfit.  When sparse_jitter is below
+    K_MM's rounding level (:func:`rounding_level`), K_MM is positive definite or not by rounding,
+    and the answer differs between machines (issue 18: InP soap with sparse_jitter 1e-10 and δ ≈ 47
+    factorised under one BLAS kernel family and not under another): the error says so, and so does a
+    warning (``warn``) when the factorisation succeeds with a pivot at that level.
+    """
     m = k_mm.shape[0]
+    level = rounding_level(k_mm)
+    fix = (f"; sparse_jitter={sparse_jitter:g} is below K_MM's rounding level ({level:.1e} = M·ε·max K_ii), where "
+           f"whether it factorises depends on the machine's last bits: give sparse_jitter ≥ {10 * level:.0e}"
+           if sparse_jitter < 10 * level else "")
     lower, info = lapack.dpotrf(k_mm, lower=1, clean=1)
     if info != 0:
         where = f"leading minor of order {info}" if info > 0 else f"argument {-info}"
         raise NumericalError(
             f"K_MM ({m}x{m}) is not positive definite ({where}): increase sparse_jitter (now {sparse_jitter:g}), "
-            f"or check for duplicate sparse points and a descriptor whose values are all equal")
+            f"or check for duplicate sparse points and a descriptor whose values are all equal" + fix)
+    if warn is not None and fix and m and float(np.min(np.diag(lower))) ** 2 < 100 * level:
+        warn(f"K_MM ({m}x{m}) factorised with a pivot of {float(np.min(np.diag(lower))) ** 2:.1e}, at its rounding "
+             f"level{fix}")
     return np.ascontiguousarray(lower.T)
 
 
