@@ -1,6 +1,6 @@
 """Combining the ranks' triangular factors under MPI: gapfit's binary tree of LAPACK folds
-(gapfit.solvers.streaming.reduce_factors) against ScaLAPACK's QR of the stacked factors (P×1
-grid, pdgeqrf through gapfit.solvers.scalapack.qr_solve), on the same factors.
+(gapfit.linalg.triangular.reduce_factors) against ScaLAPACK's QR of the stacked factors (P×1
+grid, pdgeqrf through gapfit.linalg.scalapack.qr_solve), on the same factors.
 
 Each rank makes an (M+1)² factor of its own random rows; both ways then give α (compared).
 
@@ -18,9 +18,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from gapfit.parallel import get_comm  # noqa: E402
-from gapfit.solvers.scalapack import qr_solve  # noqa: E402
-from gapfit.solvers.streaming import TriangularFactor, reduce_factors  # noqa: E402
+from gapfit.runtime.parallel import get_comm  # noqa: E402
+from gapfit.linalg.scalapack import qr_solve  # noqa: E402
+from gapfit.linalg.triangular import TriangularFactor, reduce_factors  # noqa: E402
 
 
 def local_factor(comm, m):

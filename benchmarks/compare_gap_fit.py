@@ -179,9 +179,9 @@ def compare_models(xml_a, xml_b, data, n_frames=50):
     """Max |ΔE|/atom and max |ΔF| between two models on the first frames of the data."""
     import numpy as np
     from ase.io import read
-    from gapfit.calculator import GapCalculator
+    from gapfit.model.calculator import GapCalculator
 
-    from gapfit.gap_xml import read_model
+    from gapfit.model.gap_xml import read_model
     same = []
     for a, b in zip(read_model(xml_a).coordinates, read_model(xml_b).coordinates):
         rows_b = {tuple(r) for r in np.round(b.sparse_x, 7)}
@@ -304,7 +304,7 @@ def _log(scratch, case, name):
 def config_words(path):
     """An options file (gapfit's two-step output) as argv words for either program."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from gapfit.options import split_fields, strip_comments
+    from gapfit.options.syntax import split_fields, strip_comments
     text = strip_comments(open(path).read())
     words = split_fields(text.replace("{", "\x01").replace("}", "\x02"), separators=" \n")
     return [w.replace("\x01", "{").replace("\x02", "}") for w in words]

@@ -40,7 +40,7 @@ def gapfit(args, cwd, env):
 
 
 def alpha(path):
-    from gapfit.gap_xml import read_model
+    from gapfit.model.gap_xml import read_model
     return np.concatenate([c.alpha for c in read_model(path).coordinates])
 
 
@@ -48,7 +48,7 @@ def base_e0(path):
     """(symbol, e0) of every species of a model with a non-zero e0 (the model's e0 is indexed by Z)."""
     from ase.data import chemical_symbols
 
-    from gapfit.gap_xml import read_model
+    from gapfit.model.gap_xml import read_model
     model = read_model(path)
     return [(chemical_symbols[z], float(model.e0[z])) for z in range(1, len(model.e0)) if model.e0[z] != 0.0]
 

@@ -1,9 +1,9 @@
 """The two least-squares paths on the same rows: the dense QR of A against folding the rows into the
-(M+1)² triangular factor (gapfit.solvers.streaming), for a range of M, on one process.
+(M+1)² triangular factor (gapfit.linalg.triangular), for a range of M, on one process.
 
 Only the solver is timed: the same random rows are handed to both (the producer of K_NM rows costs
 the same on either path).  It prints seconds, the memory each path holds, and the ratio, for the
-streaming block sizes given; ``linear_solver=auto`` (gapfit/linear_system.py) is set from it.
+streaming block sizes given; ``linear_solver=auto`` (gapfit/solve/linear_system.py) is set from it.
 
     python benchmarks/streaming_vs_dense.py                  # M = 500 1000 2000 4000, N = 20 M
     python benchmarks/streaming_vs_dense.py --m 1000 --rows-per-m 50 --blocks 1 2 4
@@ -20,9 +20,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from gapfit.report import human_bytes  # noqa: E402
-from gapfit.solvers.serial import qr_solve  # noqa: E402
-from gapfit.solvers.streaming import TriangularFactor  # noqa: E402
+from gapfit.runtime.report import human_bytes  # noqa: E402
+from gapfit.linalg.serial import qr_solve  # noqa: E402
+from gapfit.linalg.triangular import TriangularFactor  # noqa: E402
 
 CHUNK_ROWS = 2048  # rows handed over at a time (a producer's chunk)
 

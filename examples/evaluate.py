@@ -10,7 +10,7 @@ import sys
 import numpy as np
 from ase.io import read
 
-from gapfit.calculator import GapCalculator
+from gapfit import GapCalculator
 
 
 def main(model, data):

@@ -1,6 +1,6 @@
 """The Python API: ``GapFit(**gap_fit_options).fit(frames)``; the CLI is a thin layer over it.
 
-The phases of a fit are in :mod:`gapfit.pipeline`.
+The phases of a fit are in :mod:`gapfit.fit.pipeline`.
 
 Example
 -------
@@ -19,13 +19,14 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from .data import TargetNames
+from .data.extxyz import MemorySource, XyzFileSource
+from .data.targets import TargetNames
 from .errors import ConfigError
-from .extxyz import MemorySource, XyzFileSource
-from .gap_xml import write_model
-from .options import join_argv, parse_top_level, quote_value
-from .parallel import SerialComm
-from .pipeline import FitResult, run_fit  # noqa: F401 (FitResult: part of the API)
+from .fit.pipeline import FitResult, run_fit  # noqa: F401 (FitResult: part of the API)
+from .model.gap_xml import write_model
+from .options.syntax import join_argv, quote_value
+from .options.top_level import parse_top_level
+from .runtime.parallel import SerialComm
 
 
 def options_to_string(options: Dict[str, Any]) -> str:
@@ -65,7 +66,7 @@ class GapFit:
         argv words, or as a dict; keyword arguments are added (and win).
         Values may be Python objects: lists become ``{a b c}``, booleans T/F.
     comm : communicator, optional
-        A :mod:`gapfit.parallel` communicator; serial by default.
+        A :mod:`gapfit.runtime.parallel` communicator; serial by default.
     stream : file, optional
         Where rank 0 prints progress (stdout by default).
     quiet : bool
@@ -75,11 +76,11 @@ class GapFit:
     --------------------------------
     model_ : GapModel, alpha_, sparse_x_, sparse_cutoff_, sparse_index_, e0_,
     timings_, files_ (paths written), errors_ (the error tables of the training data and
-    test_file, as in ``report_file``: see :mod:`gapfit.scores`), log_likelihood_ (the log
-    marginal likelihood of the training data: :mod:`gapfit.evidence`).
+    test_file, as in ``report_file``: see :mod:`gapfit.model.scores`), log_likelihood_ (the log
+    marginal likelihood of the training data: :mod:`gapfit.solve.evidence`).
 
     With ``fit(..., keep_kernel_rows=True)``, :meth:`refit`, :meth:`scan` and :meth:`optimise`
-    re-solve with other σ, δ or sparse_jitter at the cost of a QR (:mod:`gapfit.refit`).
+    re-solve with other σ, δ or sparse_jitter at the cost of a QR (:mod:`gapfit.model.refit`).
     :meth:`committee` samples models from the posterior of α.
     """
 
@@ -129,7 +130,7 @@ class GapFit:
         opts = parse_top_level(option_string=text)
         extends = None
         if opts["extend_checkpoint"]:
-            from .checkpoint import extension_options
+            from .solve.checkpoint import extension_options
             opts, extends = extension_options(opts, self.comm)
         if source is None:
             source = XyzFileSource(opts["at_file"])
@@ -157,14 +158,14 @@ class GapFit:
         self.r_ = result.r
         self._e0_offsets, self._e0_base = result.e0_offsets, result.e0_base
 
-    # --- refits, scans, committees (gapfit.refit, gapfit.tuning, gapfit.committee) ----------
+    # --- refits, scans, committees (gapfit.model.refit, gapfit.model.tuning, gapfit.model.committee) ----------
     def _refit_problem(self):
         if getattr(self, "_problem", None) is None:
             raise RuntimeError("refit, scan and optimise need the kernel rows: fit with keep_kernel_rows=True")
         return self._problem
 
     def _current_settings(self):
-        from .tuning import base_settings
+        from .model.tuning import base_settings
         return self._settings or base_settings(self._refit_problem())
 
     def refit(self, **keys) -> "GapFit":
@@ -175,7 +176,7 @@ class GapFit:
         Costs a QR: the cached kernel rows are rescaled.  Equal to a fit from scratch with those
         options (the sparse points and e0 are this fit's).  Collective under MPI.
         """
-        from .tuning import refit_model, settings
+        from .model.tuning import refit_model, settings
         problem = self._refit_problem()
         chosen = settings(problem, self._current_settings(), **keys)
         model, solved = refit_model(problem, self.model_, chosen)
@@ -193,9 +194,9 @@ class GapFit:
         ``objective``: "likelihood" (the default without validation: the log marginal likelihood,
         maximised) or the validation RMSE of "energy", "forces" (the default with validation) or
         "virial", on ``validation`` frames or by ``folds``-fold cross-validation.  Returns a
-        :class:`gapfit.tuning.ScanResult`: the table, the best point, and the best model refitted.
+        :class:`gapfit.model.tuning.ScanResult`: the table, the best point, and the best model refitted.
         """
-        from .tuning import Objective, ScanResult, best_index, evaluate_point, grid_points
+        from .model.tuning import Objective, ScanResult, best_index, evaluate_point, grid_points
         problem = self._refit_problem()
         evaluate = Objective(problem, objective, _source_or_none(validation), folds, seed)
         rows = [evaluate_point(problem, self._current_settings(), point, evaluate) for point in grid_points(grid)]
@@ -207,9 +208,9 @@ class GapFit:
                  folds: int = None, seed: int = 0, max_evaluations: int = 60):
         """Minimise the objective of :meth:`scan` over the refit ``keys`` (scalars: energy_sigma,
         force_sigma, virial_sigma, sparse_jitter, or delta of a one-descriptor fit) by Nelder–Mead in
-        log space, from this fit's values.  Returns a :class:`gapfit.tuning.ScanResult` of every
+        log space, from this fit's values.  Returns a :class:`gapfit.model.tuning.ScanResult` of every
         evaluation."""
-        from .tuning import Objective, ScanResult, optimise_settings
+        from .model.tuning import Objective, ScanResult, optimise_settings
         problem = self._refit_problem()
         evaluate = Objective(problem, objective, _source_or_none(validation), folds, seed)
         rows, point = optimise_settings(problem, self._current_settings(), list(keys), evaluate, max_evaluations)
@@ -217,9 +218,9 @@ class GapFit:
 
     def committee(self, n: int, seed: int = 0) -> list:
         """``n`` models with α drawn from the posterior N(α, (AᵀA)⁻¹) as α + R⁻¹ε (GapModel each;
-        write them with :func:`gapfit.gap_xml.write_model`, evaluate them with
-        :class:`gapfit.committee.CommitteeCalculator`)."""
-        from .committee import sample_models
+        write them with :func:`gapfit.model.gap_xml.write_model`, evaluate them with
+        :class:`gapfit.model.committee.CommitteeCalculator`)."""
+        from .model.committee import sample_models
         if getattr(self, "model_", None) is None:
             raise RuntimeError("fit first: there is no fitted model")
         return sample_models(self.model_, self.r_, n, seed, self.comm, offsets=getattr(self, "_e0_offsets", None),
@@ -233,9 +234,9 @@ class GapFit:
 
     def score(self, frames, **names) -> List[dict]:
         """The fitted model's errors on labelled ``frames`` (a path or a list of ase.Atoms), one dict
-        per config_type and one "overall" (definitions: :mod:`gapfit.scores`).  The reference values
+        per config_type and one "overall" (definitions: :mod:`gapfit.model.scores`).  The reference values
         are found under the fit's ``*_parameter_name`` keys unless ``names`` gives others."""
-        from .scores import ErrorTable, score_frames
+        from .model.scores import ErrorTable, score_frames
         unknown = sorted(set(names) - set(TargetNames.OPTION_KEYS))
         if unknown:
             raise ConfigError(f"score: unknown key '{unknown[0]}' (the keys are {', '.join(TargetNames.OPTION_KEYS)})")
@@ -244,7 +245,7 @@ class GapFit:
         return score_frames(self._potential(), source.read(_all(source)), target_names, ErrorTable()).rows()
 
     def _potential(self):
-        from .calculator import GapPotential
+        from .model.calculator import GapPotential
         if getattr(self, "model_", None) is None:
             raise RuntimeError("fit (or extend) first: there is no fitted model")
         if getattr(self, "_potential_cache", None) is None or self._potential_cache.model is not self.model_:
@@ -257,7 +258,7 @@ class GapFit:
 
     def calculator(self):
         """An ASE calculator for the fitted model (no file needed)."""
-        from .calculator import GapCalculator
+        from .model.calculator import GapCalculator
         return GapCalculator(model=self.model_)
 
 

@@ -19,7 +19,7 @@ from .errors import ConfigError, GapfitError
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ("-h", "--help", "help"):
-        from .helptext import help_text
+        from .config.help import help_text
         try:
             print(help_text(argv[1] if len(argv) > 1 else None))
             sys.stdout.flush()
@@ -33,12 +33,12 @@ def main(argv=None) -> int:
         print(f"gapfit {__version__}")
         return 0
     if not argv:
-        from .helptext import USAGE
+        from .config.help import USAGE
         print(USAGE, file=sys.stderr)
         print("gapfit: error: no options given (at_file, gap and default_sigma are mandatory)", file=sys.stderr)
         return 2
 
-    from .parallel import get_comm, rank0_call, rank_prefix
+    from .runtime.parallel import get_comm, rank0_call, rank_prefix
     try:
         comm = get_comm()
     except Exception as exc:  # mpi4py missing or MPI init failure
@@ -47,21 +47,21 @@ def main(argv=None) -> int:
     verbose = any(a.replace(" ", "").lower().startswith("verbosity=") and
                   a.split("=", 1)[1].strip().upper() in ("VERBOSE", "NERD", "ANALYSIS") for a in argv)
     try:
-        from .options import parse_top_level, read_config_file
+        from .options.top_level import parse_top_level, read_config_file
 
         opts = parse_top_level(argv, read_file=lambda p: rank0_call(comm, read_config_file, p))
         verbose = verbose or opts["verbosity"] in ("VERBOSE", "NERD", "ANALYSIS")
         if comm.size > 1:
-            from .solvers import scalapack
+            from .linalg import scalapack
             scalapack.blacs_selftest(comm)
             if not any(k in os.environ for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")):
                 scalapack.limit_blas_threads(comm)  # also caps the OpenBLAS that ScaLAPACK loaded
-        from .pipeline import run_fit
-        from .extxyz import XyzFileSource
+        from .fit.pipeline import run_fit
+        from .data.extxyz import XyzFileSource
 
         extends = None
         if opts["extend_checkpoint"]:
-            from .checkpoint import extension_options
+            from .solve.checkpoint import extension_options
             opts, extends = extension_options(opts, comm)
         run_fit(opts, XyzFileSource(opts["at_file"]), comm=comm, extends=extends)
         sys.stdout.flush()
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
 
 
 def _report_failure(comm, exc, verbose) -> int:
-    from .parallel import rank_prefix
+    from .runtime.parallel import rank_prefix
 
     collective = getattr(exc, "collective", False) or isinstance(exc, ConfigError) and not getattr(exc, "local", False)
     if isinstance(exc, SystemExit):

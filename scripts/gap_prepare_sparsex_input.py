@@ -27,11 +27,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         from gapfit.errors import GapfitError
-        from gapfit.two_step import prepare_second_run
+        from gapfit.fit.two_step import prepare_second_run
     except ImportError:
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
         from gapfit.errors import GapfitError
-        from gapfit.two_step import prepare_second_run
+        from gapfit.fit.two_step import prepare_second_run
     try:
         files, options = prepare_second_run(args.xml, args.options, args.relative_to)
     except GapfitError as exc:

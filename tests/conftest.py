@@ -44,7 +44,7 @@ def shared_environments(xa, xb, tol=ENVIRONMENT_TOLERANCE):
 
 def config_words(path) -> list:
     """The options of a gapfit config file as argv words for gap_fit (which has no config comments)."""
-    from gapfit.options import split_fields, strip_comments
+    from gapfit.options.syntax import split_fields, strip_comments
     options = strip_comments(Path(path).read_text())
     words = split_fields(options.replace("{", "\x01").replace("}", "\x02"), separators=" \n")
     return [w.replace("\x01", "{").replace("\x02", "}") for w in words]
@@ -52,7 +52,7 @@ def config_words(path) -> list:
 
 def prediction_differences(xml_a, xml_b, frames):
     """Max |ΔE| per atom (eV) and max |ΔF| (eV/Å) between two models (gapfit's calculator) on ``frames``."""
-    from gapfit.calculator import GapCalculator
+    from gapfit.model.calculator import GapCalculator
     calc_a, calc_b = GapCalculator(str(xml_a)), GapCalculator(str(xml_b))
     de = df = 0.0
     for atoms in frames:
@@ -96,7 +96,7 @@ def positions_rounding_floor(folder, held_out, n=3, config="sparse.xml.fit.cfg",
 
 def same_sparse_points(xml, *drop):
     """A config file for fits with the sparse points of ``xml`` (sparse_method=file; gapfit's two-step helper)."""
-    from gapfit.two_step import prepare_second_run
+    from gapfit.fit.two_step import prepare_second_run
     _, cfg = prepare_second_run(str(xml))
     lines = [line for line in open(cfg).read().splitlines() if not line.split("=")[0] in drop]
     with open(cfg, "w") as fh:

@@ -9,8 +9,8 @@ import pytest
 from ase.io import read
 
 from gapfit import GapFit
-from gapfit.calculator import GapCalculator
-from gapfit.gap_xml import read_model
+from gapfit.model.calculator import GapCalculator
+from gapfit.model.gap_xml import read_model
 
 from conftest import QUIP_TESTS, mpi_env, run_gapfit
 
@@ -79,7 +79,8 @@ def _help_entries(text):
 
 def test_help_lists_every_key_with_a_description():
     from gapfit.descriptors import REGISTRY, descriptor_class
-    from gapfit.options import GP_KEYS, SPARSE_METHODS, TOP_LEVEL
+    from gapfit.options.gp import GP_KEYS, SPARSE_METHODS
+    from gapfit.options.top_level import TOP_LEVEL
     out = _cli("--help")
     assert out.returncode == 0
     entries = _help_entries(out.stdout)
@@ -154,9 +155,9 @@ def test_unused_targets_are_warned_about(tmp_path):
 
 
 def test_unused_energy_and_stress_keys(tmp_path):
-    from gapfit.data import TargetNames, unused_target_warnings
-    from gapfit.extxyz import FrameIndex
-    from gapfit.options import parse_top_level
+    from gapfit.data.targets import TargetNames, unused_target_warnings
+    from gapfit.data.extxyz import FrameIndex
+    from gapfit.options.top_level import parse_top_level
 
     def entry(info, arrays=()):
         return FrameIndex(index=0, offset=0, nbytes=0, line=1, n_atoms=2, info=info, numbers=np.zeros(2, int),
@@ -187,7 +188,7 @@ def test_export_covariance_and_condition_number(tmp_path):
 
 def test_large_frames_in_pieces_give_the_same_model(monkeypatch):
     """A frame bigger than the chunk budget is processed centre-atom group by group."""
-    import gapfit.rows as rows
+    from gapfit.solve import rows
     kw = dict(gap=[GAP, "soap l_max=3 n_max=4 atom_sigma=0.5 cutoff=3.5 covariance_type=dot_product delta=0.5 "
                         "zeta=2 n_sparse=20 sparse_method=cur_points"],
               energy_parameter_name="dft_energy", force_parameter_name="dft_force",

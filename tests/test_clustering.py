@@ -1,4 +1,4 @@
-"""The clustering / CUR sparse-point selection methods (gapfit.clustering).
+"""The clustering / CUR sparse-point selection methods (gapfit.sparse.clustering).
 
 References are independent, loop-based re-implementations written here from the GAP source's
 description (gp_fit.F90 sparse_covariance, clustering.F90 pivot), LAPACK's pivoted Cholesky
@@ -16,10 +16,10 @@ import pytest
 import scipy.linalg
 from scipy.spatial.distance import cdist
 
-from gapfit import clustering as cl
-from gapfit.clustering import SELECTORS, SelectionContext
+from gapfit.sparse import clustering as cl
+from gapfit.sparse.clustering import SELECTORS, SelectionContext
 from gapfit.errors import ConfigError
-from gapfit.dedup import unique_mask
+from gapfit.sparse.dedup import unique_mask
 
 from conftest import environment_labels
 

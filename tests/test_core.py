@@ -11,10 +11,10 @@ import pytest
 from ase import Atoms
 from ase.io import read
 
-from gapfit.calculator import GapCalculator
-from gapfit.core import GluePotential
+from gapfit.model.calculator import GapCalculator
+from gapfit.model.core import GluePotential
 from gapfit.errors import ConfigError
-from gapfit.gap_xml import read_model
+from gapfit.model.gap_xml import read_model
 
 from conftest import QUIP_TESTS, run_gapfit
 

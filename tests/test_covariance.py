@@ -8,13 +8,13 @@ energy row with respect to the strain ε_kl (positions and cell deformed by I+ε
 import numpy as np
 import pytest
 
-from gapfit.covariance import Coordinate, k_mm, k_nm_rows
-from gapfit.data import VIRIAL_COMPONENTS, FrameRows
-from gapfit.extxyz import Frame
-from gapfit.kernels import make_kernel
-from gapfit.neighbours import neighbour_list
-from gapfit.options import parse_gap_piece
-from gapfit.solvers.serial import cholesky_upper, qr_solve
+from gapfit.kernels.covariance import Coordinate, k_mm, k_nm_rows
+from gapfit.data.targets import VIRIAL_COMPONENTS, FrameRows
+from gapfit.data.extxyz import Frame
+from gapfit.kernels.functions import make_kernel
+from gapfit.descriptors.neighbours import neighbour_list
+from gapfit.config.gaps import parse_gap_piece
+from gapfit.linalg.serial import cholesky_upper, qr_solve
 
 
 def _structure(seed=3):

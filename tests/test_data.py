@@ -5,13 +5,13 @@ import math
 import numpy as np
 import pytest
 
-from gapfit.e0 import compute_e0, parse_e0
-from gapfit.data import (SigmaTable, TargetNames, distribute, frame_rows,
-                         species_in_order)
+from gapfit.data.e0 import compute_e0, parse_e0
+from gapfit.data.targets import SigmaTable, TargetNames, frame_rows, species_in_order
+from gapfit.data.distribute import distribute
 from gapfit.errors import ConfigError, DataError
-from gapfit.extxyz import Frame, index_xyz
-from gapfit.neighbours import neighbour_list
-from gapfit.options import parse_top_level
+from gapfit.data.extxyz import Frame, index_xyz
+from gapfit.descriptors.neighbours import neighbour_list
+from gapfit.options.top_level import parse_top_level
 
 NAMES = TargetNames("energy", "forces", "virial", "stress", "hessian", "config_type", "sigma", "force_mask",
                     "local_property")

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import gapfit
-from gapfit.cur import descriptor_leverage
+from gapfit.sparse.cur import descriptor_leverage
 from gapfit.errors import NumericalError
-from gapfit.solvers.serial import cholesky_upper
-from gapfit.tuning import TIE_RTOL, best_index
+from gapfit.linalg.serial import cholesky_upper
+from gapfit.model.tuning import TIE_RTOL, best_index
 
 from conftest import QUIP_TESTS, ROOT
 

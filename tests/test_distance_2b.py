@@ -13,8 +13,8 @@ import pytest
 from ase import Atoms
 from ase.io import read
 
-from gapfit.calculator import descriptor_from_string
-from gapfit.neighbours import neighbour_list
+from gapfit.model.calculator import descriptor_from_string
+from gapfit.descriptors.neighbours import neighbour_list
 
 from conftest import DATA
 

@@ -5,7 +5,7 @@ import pytest
 from ase.io import read
 
 from gapfit.errors import DataError
-from gapfit.extxyz import index_xyz, parse_comment, read_frames
+from gapfit.data.extxyz import index_xyz, parse_comment, read_frames
 
 from conftest import QUIP_TESTS, TA_XYZ
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from ase.io import read, write
 
-from gapfit.gap_xml import read_model
+from gapfit.model.gap_xml import read_model
 
 from conftest import (QUIP_TESTS, TA_XYZ, config_words, positions_rounding_floor, prediction_differences, run_gapfit,
                       shared_environments)

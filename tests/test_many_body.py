@@ -19,10 +19,10 @@ from ase import Atoms
 from gapfit.descriptors.angle_3b import Angle3b
 from gapfit.descriptors.distance_nb import DistanceNb
 from gapfit.errors import ConfigError
-from gapfit.kernels import make_kernel
-from gapfit.neighbours import neighbour_list
-from gapfit.options import key_values
-from gapfit.schema import apply_schema
+from gapfit.kernels.functions import make_kernel
+from gapfit.descriptors.neighbours import neighbour_list
+from gapfit.options.syntax import key_values
+from gapfit.options.schema import apply_schema
 
 TOL = 1e-10  # values and gradients against quippy (they agree bit for bit on the machines seen)
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from ase.io import read
 
-from gapfit.calculator import GapCalculator
-from gapfit.gap_xml import read_model
+from gapfit.model.calculator import GapCalculator
+from gapfit.model.gap_xml import read_model
 
 from conftest import (QUIP_TESTS, TA_XYZ, every_nth_frame, mpi_env, prediction_differences, run_gapfit,
                       same_sparse_points, ulp_copy)

@@ -1,4 +1,4 @@
-"""gapfit.neighbours.neighbour_list against QUIP's Connection (via quippy).
+"""gapfit.descriptors.neighbours.neighbour_list against QUIP's Connection (via quippy).
 
 QUIP's order matters: distance_2b instances (and sparse-point choices) follow
 ``for i: for n = 1..n_neighbours(i)`` in QUIP's internal neighbour order.  Two
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gapfit.neighbours import neighbour_list
+from gapfit.descriptors.neighbours import neighbour_list
 
 SEED = int(os.environ.get("GAPFIT_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
 SHARED = Path("/work/shared")
@@ -106,7 +106,7 @@ def _flat_fma_sheet(rng):
     """A skewed T T F sheet (1-3 atoms at one fractional height) whose heights come out exactly
     equal with plain multiply-adds but not with QUIP's FMA-based dgemm (or the reverse), so that
     QUIP's calc_lat_eff takes the other branch (singular effective lattice or not)."""
-    from gapfit import neighbours
+    from gapfit.descriptors import neighbours
 
     pbc = np.array([True, True, False])
     for _ in range(20000):
@@ -263,7 +263,7 @@ def _literal_structures():
     literals in calc_lat_eff decide the link cells: ``(zmax - zmin) * 1.1`` gives 3 cells
     in c for rc = 11.0000001/3 (2 with a double 1.1), and ``zmin - 0.05`` puts one atom
     on the other side of a cell boundary than a double 0.05 would."""
-    from gapfit import neighbours
+    from gapfit.descriptors import neighbours
 
     rng = np.random.default_rng(0)
     positions = np.c_[rng.uniform(0, 6, 20), rng.uniform(0, 6, 20), rng.uniform(0, 10, 20)]
@@ -276,7 +276,7 @@ def _literal_structures():
 
 @pytest.mark.parametrize("case", [0, 1], ids=["literal_1.1", "literal_0.05"])
 def test_single_precision_literals(quippy, monkeypatch, case):
-    from gapfit import neighbours
+    from gapfit.descriptors import neighbours
 
     name, positions, cell, pbc, rc = _literal_structures()[case]
     stats = {"pairs": 0, "distance_not_bitwise": 0, "diff_not_bitwise": 0}

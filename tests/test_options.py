@@ -3,8 +3,9 @@
 import pytest
 
 from gapfit.errors import ConfigError
-from gapfit.options import (TOP_LEVEL, expand_species, join_argv, key_values, parse_gap_piece, parse_top_level,
-                            split_fields, split_gap_string, strip_comments)
+from gapfit.options.top_level import TOP_LEVEL, parse_top_level
+from gapfit.config.gaps import expand_species, parse_gap_piece
+from gapfit.options.syntax import join_argv, key_values, split_fields, split_gap_string, strip_comments
 
 BASE = ["at_file=x.xyz", "default_sigma={0.01 1.0 0.5 0.0}",
         "gap={distance_2b cutoff=4.0 covariance_type=ard_se delta=1.0 theta_uniform=1.0 n_sparse=10}"]

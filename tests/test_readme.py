@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from gapfit.gap_xml import read_model
+from gapfit.model.gap_xml import read_model
 
 from conftest import ROOT, TA_XYZ, every_nth_frame, mpi_env, wait_for_slurm_job
 

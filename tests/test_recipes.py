@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from ase.io import read, write
 
-from gapfit.calculator import GapCalculator
-from gapfit.gap_xml import read_model
+from gapfit.model.calculator import GapCalculator
+from gapfit.model.gap_xml import read_model
 
 from conftest import QUIP_TESTS, config_words, positions_rounding_floor, prediction_differences, run_gapfit
 

@@ -1,5 +1,5 @@
-"""Refits from cached kernel rows (gapfit.refit, gapfit.tuning), the log marginal likelihood
-(gapfit.evidence) and committees (gapfit.committee).
+"""Refits from cached kernel rows (gapfit.model.refit, gapfit.model.tuning), the log marginal likelihood
+(gapfit.solve.evidence) and committees (gapfit.model.committee).
 
 * A refit with other σ, config_type_sigma, δ or sparse_jitter equals a fit from scratch with those
   options: α within 1e-8 relative.  The case is well conditioned (jitter 1e-4, σ_E = 0.01: α ≲ 1e3;
@@ -23,7 +23,7 @@ from conftest import TA_XYZ
 
 import gapfit
 from gapfit.errors import ConfigError
-from gapfit.extxyz import MemorySource
+from gapfit.data.extxyz import MemorySource
 
 GAP = ("distance_2b cutoff=5.0 covariance_type=ard_se delta=2.0 theta_uniform=0.75 n_sparse=15 sparse_method=uniform : "
        "soap l_max=3 n_max=4 atom_sigma=0.5 cutoff=4.0 cutoff_transition_width=0.5 central_weight=1.0 "
@@ -137,7 +137,7 @@ def test_scan_validation_errors_equal_score(base_fit, ta_split):
     assert result.objective == "forces" and len(result.table) == 6
     best = min(result.table, key=lambda row: row["forces_rmse"])
     assert result.best == {"energy_sigma": best["energy_sigma"], "force_sigma": best["force_sigma"]}
-    overall = result.fit.score(held)[-1]  # gapfit.scores on the refitted model, from its descriptors
+    overall = result.fit.score(held)[-1]  # gapfit.model.scores on the refitted model, from its descriptors
     assert overall["forces"]["rmse"] == pytest.approx(best["forces_rmse"], rel=1e-8)
     assert overall["energy"]["rmse"] == pytest.approx(best["energy_rmse"], rel=1e-8)
     assert overall["virial"]["rmse"] == pytest.approx(best["virial_rmse"], rel=1e-8)
@@ -165,7 +165,7 @@ def test_optimise_improves_the_objective(base_fit, ta_split):
 
 
 def test_committee_mean_and_variance(base_fit, ta_split):
-    from gapfit.committee import CommitteeCalculator
+    from gapfit.model.committee import CommitteeCalculator
     _, held = ta_split
     frames = held[:3]
     # analytic posterior variance of each energy: k*ᵀ (AᵀA)⁻¹ k* = ‖R⁻ᵀ k*‖², k* its energy K row

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from gapfit.report import Reporter, human_seconds, significant
+from gapfit.runtime.report import Reporter, human_seconds, significant
 
 from conftest import TA_XYZ, run_gapfit
 

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from gapfit.gap_xml import read_model
+from gapfit.model.gap_xml import read_model
 
 from conftest import QUIP_TESTS, run_gapfit
 

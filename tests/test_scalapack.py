@@ -1,4 +1,4 @@
-"""The ScaLAPACK QR solve (gapfit.solvers.scalapack), run for real under mpirun.
+"""The ScaLAPACK QR solve (gapfit.linalg.scalapack), run for real under mpirun.
 
 The mpirun tests launch tests/mpi_scripts/scalapack_check.py, which compares qr_solve
 with numpy.linalg.lstsq on rank 0.  They skip when mpirun or a ScaLAPACK library is
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gapfit.parallel import SerialComm
-from gapfit.solvers import scalapack
+from gapfit.runtime.parallel import SerialComm
+from gapfit.linalg import scalapack
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECK = ROOT / "tests" / "mpi_scripts" / "scalapack_check.py"

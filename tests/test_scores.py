@@ -1,4 +1,4 @@
-"""Error reports (gapfit.scores): the tables a fit prints and writes for its training data and its
+"""Error reports (gapfit.model.scores): the tables a fit prints and writes for its training data and its
 test_file equal the errors computed independently, with quippy's Potential on the written XML
 and ASE's reading of the reference values, serially and under ``mpirun -n 2``."""
 
@@ -109,7 +109,7 @@ def test_training_and_test_errors_equal_quippys(tmp_path, quippy, ranks):
 
 
 def _gapfit_eval(args, cwd, ranks=None):
-    cmd = [sys.executable, "-m", "gapfit.evaluate", *args]
+    cmd = [sys.executable, "-m", "gapfit.model.evaluate", *args]
     if ranks:
         cmd = [shutil.which("mpirun"), "-n", str(ranks),
                *(["--oversubscribe"] if ranks > (os.cpu_count() or 1) else []), *cmd]
@@ -150,7 +150,7 @@ def test_api_score_and_predict_equal_the_fits_report(tmp_path):
     """GapFit.score on the test frames (ase.Atoms) gives the fit's test_file table; GapFit.predict
     gives the calculator's predictions."""
     from gapfit import GapFit
-    from gapfit.calculator import GapCalculator
+    from gapfit.model.calculator import GapCalculator
 
     train, test = _split(tmp_path)
     options = {k: v for k, v in (w.split("=", 1) for w in OPTIONS)}

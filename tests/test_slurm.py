@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gapfit import GapFit
-from gapfit.gap_xml import read_model
+from gapfit.model.gap_xml import read_model
 
 from conftest import QUIP_TESTS, ROOT, mpi_env, wait_for_slurm_job
 

@@ -21,8 +21,10 @@ import ase  # noqa: E402
 
 from gapfit.descriptors.soap import Soap  # noqa: E402
 from gapfit.errors import ConfigError  # noqa: E402
-from gapfit.neighbours import neighbour_list  # noqa: E402
-from gapfit.options import apply_schema, expand_species, key_values, parse_gap_piece  # noqa: E402
+from gapfit.descriptors.neighbours import neighbour_list  # noqa: E402
+from gapfit.options.schema import apply_schema
+from gapfit.config.gaps import expand_species, parse_gap_piece
+from gapfit.options.syntax import key_values  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data" / "soap"
 MANIFEST = json.loads((DATA / "manifest.json").read_text())
@@ -430,7 +432,7 @@ def test_no_centres_and_isolated_atoms():
 def test_gap_model_with_soap_matches_quip():
     """A GAP XML with soap and distance_2b coordinates, evaluated by GapCalculator, against
     quippy's Potential (energy, forces, stress, local energies)."""
-    from gapfit.calculator import GapCalculator
+    from gapfit.model.calculator import GapCalculator
 
     atoms = ase_io.read(DATA / "sic8.extxyz")
     expected = np.load(DATA / "gap_model_sic_expected.npz")

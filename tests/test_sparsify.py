@@ -10,9 +10,9 @@ import pytest
 
 from gapfit import GapFit
 from gapfit.errors import ModelError
-from gapfit.gap_xml import read_model
-from gapfit.dedup import quip_heap_sort_order, unique_mask
-from gapfit.sparsify import QuipRandom, select_uniform
+from gapfit.model.gap_xml import read_model
+from gapfit.sparse.dedup import quip_heap_sort_order, unique_mask
+from gapfit.sparse.sparsify import QuipRandom, select_uniform
 
 from conftest import QUIP_TESTS, run_gapfit
 
@@ -226,7 +226,7 @@ def _uniform_in_memory(x, m, rng):
 def test_uniform_in_blocks_is_uniform_in_memory(d, m):
     """The blockwise ``uniform`` (two passes; bins recomputed for the random fill), on disk and in
     memory, with blocks of 37 rows, chooses what the whole-array definition chooses, random fill included."""
-    from gapfit.spill import RowSpill
+    from gapfit.runtime.spill import RowSpill
     rng = np.random.default_rng(d)
     x = np.round(rng.normal(size=(3000, d)) ** 3, 1)  # a few crowded bins: the random fill is needed
     x[100:400] = x[0]
@@ -246,7 +246,7 @@ def test_sparsify_only_no_fit(tmp_path):
     model = read_model(str(tmp_path / "s.xml"))
     assert not model.fitted
     assert np.all(model.coordinates[0].alpha == 0) and model.coordinates[0].sparse_x.shape == (10, 1)
-    from gapfit.calculator import GapCalculator
+    from gapfit.model.calculator import GapCalculator
     with pytest.raises(ModelError, match="not been fitted"):
         GapCalculator(str(tmp_path / "s.xml"))
     assert 'fitted="F"' in (tmp_path / "s.xml").read_text()
@@ -254,10 +254,10 @@ def test_sparsify_only_no_fit(tmp_path):
 
 
 def test_candidates_on_disk_choose_what_memory_chooses():
-    """Spilled candidates (gapfit.spill: a temporary file read a block at a time) give the same
+    """Spilled candidates (gapfit.runtime.spill: a temporary file read a block at a time) give the same
     duplicate filter, CUR choice and sparse points as the same candidates in memory."""
-    import gapfit.clustering as cl
-    from gapfit.spill import RowSpill, drop_pages, file_backed, take_rows
+    from gapfit.sparse import clustering as cl
+    from gapfit.runtime.spill import RowSpill, drop_pages, file_backed, take_rows
     rng = np.random.default_rng(5)
     x = rng.normal(size=(3000, 40))
     x[1500:1800] = x[:300]  # duplicates: the filter's pool is not every row, so rows are taken

@@ -18,7 +18,7 @@ import pytest
 from ase.io import read, write
 
 from gapfit import GapFit
-from gapfit.gap_xml import read_model
+from gapfit.model.gap_xml import read_model
 
 from conftest import TA_XYZ, run_gapfit, same_sparse_points, ulp_copy
 

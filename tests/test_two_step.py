@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from gapfit.gap_xml import read_model
+from gapfit.model.gap_xml import read_model
 
 from conftest import QUIP_TESTS, ROOT, mpi_env, run_gapfit
 

@@ -13,8 +13,8 @@ import pytest
 from ase.io import read, write
 
 from gapfit import GapFit
-from gapfit.calculator import GapCalculator
-from gapfit.gap_xml import read_model
+from gapfit.model.calculator import GapCalculator
+from gapfit.model.gap_xml import read_model
 
 from conftest import QUIP_TESTS
 

@@ -47,7 +47,7 @@ def find_type(keys, where: str) -> str:
     if unsupported:
         raise ConfigError(f"descriptor '{unsupported[0]}' {where} is not implemented in gapfit "
                           f"(available: {', '.join(REGISTRY)})")
-    from ..schema import did_you_mean
+    from ..options.schema import did_you_mean
     hint = ""
     for key in keys:
         hint = did_you_mean(key, list(REGISTRY) + list(QUIP_ONLY))

@@ -20,7 +20,7 @@ from typing import List
 import numpy as np
 
 from ..errors import ConfigError
-from ..schema import Param, Schema, non_negative, to_bool, to_float, to_int
+from ..options.schema import Param, Schema, non_negative, to_bool, to_float, to_int
 from .base import Descriptor, DescriptorValues, coordination_function, d_coordination_function
 
 

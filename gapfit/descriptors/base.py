@@ -7,7 +7,7 @@ from typing import ClassVar, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..schema import Schema
+from ..options.schema import Schema
 
 
 @dataclass
@@ -70,7 +70,7 @@ class Descriptor:
     n_index: ClassVar[int] = 1
     sparse_methods: ClassVar[Sequence[str]] = ()  # those that make sense for it (gapfit --help)
     #: values computed by elementwise IEEE arithmetic in QUIP's order (no BLAS): the same bits on every
-    #: machine and in gap_fit, so the duplicate filter may decide on them as gap_fit does (gapfit.dedup)
+    #: machine and in gap_fit, so the duplicate filter may decide on them as gap_fit does (gapfit.sparse.dedup)
     same_bits_everywhere: ClassVar[bool] = False
     #: keys of published command lines that current gap_fit ignores: accepted with a warning
     legacy_keys: ClassVar[Dict[str, str]] = {}

@@ -15,7 +15,7 @@ import numpy as np
 from scipy.special import erf
 
 from ..errors import ConfigError
-from ..schema import Param, Schema, int_list, to_bool, to_float, to_int, to_str
+from ..options.schema import Param, Schema, int_list, to_bool, to_float, to_int, to_str
 from .base import Descriptor, DescriptorValues, coordination_function, d_coordination_function
 
 

@@ -26,9 +26,9 @@ from typing import List
 import numpy as np
 
 from ..errors import ConfigError
-from ..neighbours import _fma
-from ..schema import Param, Schema, int_list, to_bool, to_float, to_int
+from ..options.schema import Param, Schema, int_list, to_bool, to_float, to_int
 from .base import Descriptor, DescriptorValues, coordination_function, d_coordination_function
+from .neighbours import _fma
 
 #: gap_version from which compact_clusters defaults to T (older models: F)
 COMPACT_CLUSTERS_VERSION = 1596837814

@@ -77,7 +77,8 @@ from typing import List, Optional
 import numpy as np
 
 from ..errors import ConfigError
-from ..schema import Param, Schema, at_least_one, int_list, non_negative, positive, to_bool, to_float, to_int, to_str
+from ..options.schema import (Param, Schema, at_least_one, int_list, non_negative, positive, to_bool, to_float, to_int,
+                              to_str)
 from .base import Descriptor, DescriptorValues, coordination_function, d_coordination_function
 from .soap_basis import RadialBasis, real_spherical_harmonics
 from .soap_power import PowerSpectrum

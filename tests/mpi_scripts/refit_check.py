@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 import gapfit  # noqa: E402
-from gapfit.parallel import get_comm  # noqa: E402
+from gapfit.runtime.parallel import get_comm  # noqa: E402
 
 GAP = ("distance_2b cutoff=5.0 covariance_type=ard_se delta=2.0 theta_uniform=0.75 n_sparse=15 sparse_method=uniform : "
        "soap l_max=3 n_max=4 atom_sigma=0.5 cutoff=4.0 cutoff_transition_width=0.5 central_weight=1.0 "

@@ -1,4 +1,4 @@
-"""Check gapfit.solvers.scalapack.qr_solve against numpy.linalg.lstsq (run under mpirun).
+"""Check gapfit.linalg.scalapack.qr_solve against numpy.linalg.lstsq (run under mpirun).
 
     mpirun -n P python tests/mpi_scripts/scalapack_check.py --rows 700 --cols 60 --mb 16 --nb 8
 
@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from gapfit.parallel import get_comm  # noqa: E402
-from gapfit.solvers import scalapack  # noqa: E402
+from gapfit.runtime.parallel import get_comm  # noqa: E402
+from gapfit.linalg import scalapack  # noqa: E402
 
 
 def split_counts(n_rows, n_procs, even=False):

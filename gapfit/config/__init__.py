@@ -1,0 +1,2 @@
+"""The fit's configuration, validated: gap pieces parsed against their descriptors, species
+expansion, and ``gapfit --help``."""

@@ -1,0 +1,1 @@
+"""The phases of a fit, from the command line to the written model."""

@@ -1,0 +1,271 @@
+"""Choosing σ, δ and sparse_jitter: refit settings, grid scans and an optimiser over cached kernel
+rows (:mod:`gapfit.model.refit`).
+
+The objective of a scan is either the log marginal likelihood of the training data (maximised),
+or a validation RMSE (minimised): on held-out frames, or by k-fold cross-validation over the
+training frames (each fold is left out of the factor in turn and predicted; the RMSEs are
+pooled over the folds).  Every setting costs one QR per fold; descriptors and kernel rows are
+never recomputed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..data.targets import SigmaTable
+from ..errors import ConfigError, NumericalError
+
+#: keys a refit takes; energy_sigma, force_sigma and virial_sigma set one entry of default_sigma
+REFIT_KEYS = ("default_sigma", "config_type_sigma", "delta", "sparse_jitter",
+              "energy_sigma", "force_sigma", "virial_sigma")
+OBJECTIVES = ("likelihood", "energy", "forces", "virial")
+_SIGMA_INDEX = {"energy_sigma": 0, "force_sigma": 1, "virial_sigma": 2}
+
+
+@dataclass
+class Settings:
+    """The regularisation of one (re)fit."""
+
+    default_sigma: List[float]
+    config_type_sigma: str
+    deltas: List[float]
+    sparse_jitter: float
+    given: Dict[str, object] = field(default_factory=dict)  # the keys as the user gave them
+
+    def table(self) -> SigmaTable:
+        return SigmaTable(self.default_sigma, self.config_type_sigma, key="config_type_sigma")
+
+    def words(self) -> str:
+        """The settings as gap_fit options (for the model's command line)."""
+        from ..options.syntax import quote_value
+        words = [f"default_sigma={{{' '.join(f'{s:g}' for s in self.default_sigma)}}}",
+                 f"sparse_jitter={self.sparse_jitter:g}"]
+        if self.config_type_sigma.strip():
+            words.append(f"config_type_sigma={quote_value(self.config_type_sigma)}")
+        return " ".join(words)
+
+
+def base_settings(problem) -> Settings:
+    v = problem.ctx.values
+    return Settings(default_sigma=[float(s) for s in v["default_kernel_regularisation"]],
+                    config_type_sigma=v["config_type_kernel_regularisation"] or "",
+                    deltas=list(problem.deltas), sparse_jitter=float(v["sparse_jitter"]))
+
+
+def settings(problem, base: Settings, **keys) -> Settings:
+    """``base`` with the refit keys changed (ConfigError naming a bad key or value)."""
+    unknown = sorted(set(keys) - set(REFIT_KEYS))
+    if unknown:
+        raise ConfigError(f"refit: unknown key '{unknown[0]}' (the keys are {', '.join(REFIT_KEYS)})")
+    out = replace(base, default_sigma=list(base.default_sigma), deltas=list(base.deltas),
+                  given={**base.given, **{k: v for k, v in keys.items() if v is not None}})
+    if keys.get("default_sigma") is not None:
+        values = [float(s) for s in np.ravel(keys["default_sigma"])]
+        if len(values) not in (3, 4):
+            raise ConfigError(f"refit: default_sigma needs 3 or 4 values (energy force virial [hessian]); "
+                              f"got {len(values)}")
+        out.default_sigma = (values + [0.0])[:4]
+    for key, k in _SIGMA_INDEX.items():
+        if keys.get(key) is not None:
+            out.default_sigma[k] = float(keys[key])
+    if any(not (s > 0) for s in out.default_sigma[:2]) or out.default_sigma[2] < 0:
+        raise ConfigError(f"refit: default_sigma {out.default_sigma[:3]} must be positive")
+    cts = keys.get("config_type_sigma")
+    if cts is not None:
+        if isinstance(cts, dict):
+            cts = " ".join(f"{name}:{':'.join(f'{float(x):g}' for x in (list(np.ravel(s)) + [0.0])[:4])}"
+                           for name, s in cts.items())
+        out.config_type_sigma = str(cts)
+    if keys.get("sparse_jitter") is not None:
+        out.sparse_jitter = float(keys["sparse_jitter"])
+        if not out.sparse_jitter >= 0:
+            raise ConfigError(f"refit: sparse_jitter must be ≥ 0 (got {out.sparse_jitter})")
+    delta = keys.get("delta")
+    if delta is not None:
+        n = len(out.deltas)
+        if isinstance(delta, dict):
+            for index, value in delta.items():
+                if not (isinstance(index, (int, np.integer)) and 1 <= index <= n):
+                    raise ConfigError(f"refit: delta is keyed by descriptor number 1..{n} (after add_species); "
+                                      f"got {index!r}")
+                out.deltas[index - 1] = float(value)
+        elif np.ndim(delta) == 0:
+            if n != 1:
+                raise ConfigError(f"refit: the fit has {n} descriptors: give delta as a list of {n} values or a "
+                                  f"dict {{descriptor number: delta}}")
+            out.deltas = [float(delta)]
+        else:
+            values = [float(d) for d in delta]
+            if len(values) != n:
+                raise ConfigError(f"refit: delta has {len(values)} values for {n} descriptors")
+            out.deltas = values
+        problem.check_deltas(out.deltas)
+    out.table()  # config_type_sigma's own checks
+    return out
+
+
+def refit_model(problem, model, chosen: Settings):
+    """(the refitted GapModel, gapfit.model.refit.Solved): collective."""
+    solved = problem.solve(chosen.table(), chosen.deltas, chosen.sparse_jitter)
+    coordinates = []
+    for c, cm, delta in zip(problem.ctx.coords, model.coordinates, chosen.deltas):
+        coordinates.append(replace(cm, alpha=np.array(solved.alpha[c.column:c.column + c.n_sparse]), delta=delta))
+    line = (model.command_line + " " + chosen.words()).strip()
+    offsets = problem.ctx.offsets
+    e0 = offsets.e0(problem.ctx.e0, solved.alpha) if offsets is not None else model.e0
+    return replace(model, coordinates=coordinates, command_line=line, e0=e0), solved
+
+
+def grid_points(grid: Dict[str, Sequence]) -> List[Dict[str, object]]:
+    """The Cartesian product of a {key: [values]} grid, as a list of {key: value}."""
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError("scan: the grid is a dict {key: [values, ...]} of refit keys")
+    keys = list(grid)
+    unknown = [k for k in keys if k not in REFIT_KEYS]
+    if unknown:
+        raise ConfigError(f"scan: unknown key '{unknown[0]}' (the keys are {', '.join(REFIT_KEYS)})")
+    return [dict(zip(keys, values)) for values in itertools.product(*(list(grid[k]) for k in keys))]
+
+
+class Objective:
+    """Evaluates settings: the log marginal likelihood, and validation RMSEs (held-out or k-fold)."""
+
+    def __init__(self, problem, objective: Optional[str] = None, validation=None, folds: Optional[int] = None,
+                 seed: int = 0):
+        if validation is not None and folds:
+            raise ConfigError("scan: give validation frames or folds, not both")
+        objective = objective or ("likelihood" if validation is None and not folds else "forces")
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"scan: objective must be one of {', '.join(OBJECTIVES)}; got {objective!r}")
+        if objective != "likelihood" and validation is None and not folds:
+            raise ConfigError(f"scan: objective '{objective}' needs validation frames or folds=k")
+        self.problem, self.name = problem, objective
+        self.validation = problem.rows_of(validation) if validation is not None else None
+        self.folds = None
+        if folds:
+            folds = int(folds)
+            frames = np.unique(problem.cache.frame)
+            if problem.comm.size > 1:
+                frames = np.unique(np.concatenate(problem.comm.allgather(frames)))
+            if not 2 <= folds <= frames.size:
+                raise ConfigError(f"scan: folds must be between 2 and the {frames.size} training frames; got {folds}")
+            order = np.random.default_rng(seed).permutation(frames)
+            self.folds = np.array_split(order, folds)
+
+    def __call__(self, chosen: Settings) -> dict:
+        """{log_likelihood, energy_rmse, forces_rmse, virial_rmse (validation), objective (to minimise)}."""
+        problem = self.problem
+        solved = problem.solve(chosen.table(), chosen.deltas, chosen.sparse_jitter)
+        row = {"log_likelihood": solved.log_likelihood}
+        if self.validation is not None:
+            overall = problem.errors(self.validation, solved)["overall"]
+            row.update({f"{q}_rmse": overall[q]["rmse"] for q in ("energy", "forces", "virial")})
+        elif self.folds is not None:
+            pooled = np.zeros((3, 2))
+            for fold in self.folds:
+                held = problem.solve(chosen.table(), chosen.deltas, chosen.sparse_jitter, exclude_frames=fold)
+                overall = problem.errors(problem.cache, held, only_frames=fold)["overall"]
+                for k, q in enumerate(("energy", "forces", "virial")):
+                    if overall[q]["n"]:
+                        pooled[k] += (overall[q]["n"], overall[q]["n"] * overall[q]["rmse"] ** 2)
+            row.update({f"{q}_rmse": (math.sqrt(pooled[k, 1] / pooled[k, 0]) if pooled[k, 0] else None)
+                        for k, q in enumerate(("energy", "forces", "virial"))})
+        value = -solved.log_likelihood if self.name == "likelihood" else row[f"{self.name}_rmse"]
+        row["objective"] = float("inf") if value is None else float(value)
+        return row
+
+
+#: objectives closer than this fraction of the best one's size are a tie, which the order of the
+#: points settles: far above their rounding (a Si likelihood scan differed by 4e-14 relative between
+#: BLAS kernel families, and picked another sparse_jitter under each), far below any difference that
+#: matters (0.02 of a log-likelihood of 2e4)
+TIE_RTOL = 1e-6
+
+
+def best_index(objectives: Sequence[Optional[float]]) -> int:
+    """The first point (in grid or evaluation order) whose objective is within :data:`TIE_RTOL` of
+    the smallest; a missing or NaN objective counts as +∞."""
+    values = np.array([np.inf if v is None or not np.isfinite(v) else float(v) for v in objectives])
+    best = values.min() if values.size else np.inf
+    if not np.isfinite(best):
+        return 0
+    return int(np.flatnonzero(values <= best + TIE_RTOL * abs(best))[0])
+
+
+def evaluate_point(problem, start: Settings, point: Dict[str, float], evaluate: Objective) -> dict:
+    """One row of a scan or an optimisation: the point and its objective.  A setting whose K_MM or
+    R does not factorise is a bad one (objective +∞, the reason kept), not the end of the search."""
+    try:
+        return {**point, **evaluate(settings(problem, start, **point))}
+    except NumericalError as exc:
+        return {**point, "log_likelihood": None, "objective": float("inf"), "failed": str(exc)}
+    except ConfigError as exc:
+        if "refit:" not in str(exc):
+            raise
+        return {**point, "log_likelihood": None, "objective": float("inf"), "failed": str(exc)}
+
+
+@dataclass
+class ScanResult:
+    """A scan's or an optimisation's evaluations (``table``: one dict per setting, with
+    ``objective``, ``log_likelihood`` and any validation RMSEs), the best setting, and the GapFit
+    refitted at it."""
+
+    objective: str
+    table: List[dict]
+    best: Dict[str, object]
+    fit: object
+
+    def lines(self) -> List[str]:
+        """The table as text, best setting marked."""
+        if not self.table:
+            return []
+        keys = list(dict.fromkeys(k for row in self.table for k in row if k != "failed"))
+        out = ["  ".join(f"{k:>14}" for k in keys)]
+        best = best_index([row["objective"] for row in self.table])
+        for i, row in enumerate(self.table):
+            cells = []
+            for k in keys:
+                v = row.get(k)
+                cells.append(f"{v:>14.6g}" if isinstance(v, (float, int, np.floating)) and v is not None
+                             else f"{str(v):>14}")
+            note = "  <- best" if i == best else ""
+            if "failed" in row:
+                note += "  failed: " + row["failed"].split(":")[0]
+            out.append("  ".join(cells) + note)
+        return out
+
+
+def _scalar_value(chosen: Settings, key: str) -> float:
+    if key in _SIGMA_INDEX:
+        return chosen.default_sigma[_SIGMA_INDEX[key]]
+    if key == "sparse_jitter":
+        return chosen.sparse_jitter
+    if key == "delta" and len(chosen.deltas) == 1:
+        return chosen.deltas[0]
+    raise ConfigError(f"optimise: '{key}' is not a scalar refit key (energy_sigma, force_sigma, virial_sigma, "
+                      f"sparse_jitter, or delta of a one-descriptor fit)")
+
+
+def optimise_settings(problem, start: Settings, keys: List[str], evaluate: Objective, max_evaluations: int):
+    """Nelder–Mead over log(values) of ``keys`` from ``start``: (every evaluation's row, the best point)."""
+    from scipy.optimize import minimize
+    x0 = np.log([_scalar_value(start, k) for k in keys])
+    if not np.all(np.isfinite(x0)):
+        raise ConfigError(f"optimise: every key needs a positive starting value; got "
+                          f"{dict(zip(keys, np.exp(x0)))}")
+    rows: List[dict] = []
+
+    def f(x):
+        row = evaluate_point(problem, start, {k: float(np.exp(v)) for k, v in zip(keys, x)}, evaluate)
+        rows.append(row)
+        return row["objective"]
+
+    minimize(f, x0, method="Nelder-Mead", options={"maxfev": int(max_evaluations), "xatol": 1e-3, "fatol": 1e-9})
+    best = best_index([row["objective"] for row in rows])
+    return rows, {k: rows[best][k] for k in keys}

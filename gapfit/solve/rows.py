@@ -1,0 +1,176 @@
+"""The rows of the least-squares problem: a producer of K_NM rows and the sinks that take them.
+
+:func:`kernel_row_chunks` reads a rank's frames and yields, chunk by chunk, the unscaled
+kernel rows K_NM of their targets with the targets y and their σ.  A chunk holds the
+descriptor gradients of a few MB of frames only; they are never kept for the whole data set.
+A frame too big for one chunk is split by centre atom (the rows are sums over instances).
+
+A sink takes the chunks: :class:`DenseRows` writes Σ^-1/2 K_NM and Σ^-1/2 y into this rank's
+rows of the dense A and b.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Iterator, List, Tuple
+
+import numpy as np
+
+from ..data.targets import frame_rows
+from ..descriptors.neighbours import neighbour_list
+from ..errors import DataError
+from ..kernels.covariance import row_layout, k_nm_rows
+from ..runtime.heap import release_freed_memory
+
+# Bytes of descriptor gradients accumulated before a chunk's K rows are built.
+CHUNK_BYTES = 16 * 1024 ** 2
+
+
+@dataclass
+class ChunkLabels:
+    """What each row of a chunk is, for sinks that keep rows (:mod:`gapfit.model.refit`): the σ rule
+    (``FrameRows.sigma_kind``), and the frame (position in the chunk's ``frames``) it belongs to."""
+
+    sigma_kind: np.ndarray  # int8 per row
+    frame_position: np.ndarray  # int32 per row: index into frames / n_atoms / config_types
+    frames: List[int]
+    n_atoms: List[int]
+    config_types: List[str]
+
+    @classmethod
+    def of(cls, frame_rows_list, frames, n_atoms) -> "ChunkLabels":
+        sizes = [fr.y.size for fr in frame_rows_list]
+        return cls(sigma_kind=np.concatenate([fr.sigma_kind for fr in frame_rows_list]),
+                   frame_position=np.repeat(np.arange(len(sizes), dtype=np.int32), sizes),
+                   frames=list(frames), n_atoms=list(n_atoms), config_types=[fr.config_type for fr in frame_rows_list])
+
+
+def kernel_row_chunks(source, entries, my_frames, coords, names, sigmas, e0, sigma_per_atom, max_cutoff, n_columns,
+                      log, stats, n_rows, core=None, chunk_bytes: float = CHUNK_BYTES,
+                      offsets=None) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray, ChunkLabels]]:
+    """Yield ``(k, y, sigma, labels)`` for consecutive frames of ``my_frames``: K_NM rows (unscaled), targets,
+    σ, and what the rows are (:class:`ChunkLabels`: their frames' indices in ``labels.frames``).  A chunk ends at a frame boundary once its
+    descriptor gradients and K rows take ``chunk_bytes`` (a bigger frame is split by centre atom).
+
+    The targets are net of the ``core`` potential, if any.  With ``offsets`` (e0_method=joint), each
+    energy row also holds its frame's atom count of each species, in the offsets' columns.  ``stats`` collects descriptor and
+    kernel seconds and GEMM flops; rank 0's progress over its ``n_rows`` rows goes to ``log``.
+    """
+    if os.environ.get("GAPFIT_INJECT_FAILURE_RANK", "") == str(getattr(log, "rank", 0)):
+        # test hook: a failure on one rank only (tests/test_mpi.py checks the job aborts cleanly)
+        raise DataError("injected failure on this rank (GAPFIT_INJECT_FAILURE_RANK)")
+    stats.update(gemm_flops=0.0, descriptor_seconds=0.0, kernel_seconds=0.0)
+    pending = []  # (frame rows, values per coordinate, n_atoms, frame index, species counts or None)
+    pending_bytes = 0.0
+    done_rows = pending_rows = chunks = 0
+
+    def describe(frame, nl, grad, atoms=None):
+        t0 = time.perf_counter()
+        values = [c.descriptor.calc(frame, nl, grad=grad, atoms=atoms) for c in coords]
+        stats["descriptor_seconds"] += time.perf_counter() - t0
+        return values
+
+    def kernel_rows(frames_values, rows, atom_counts):
+        t0 = time.perf_counter()
+        k = k_nm_rows(coords, frames_values, rows, atom_counts, n_columns, stats=stats)
+        stats["kernel_seconds"] += time.perf_counter() - t0
+        return k
+
+    def add_counts(k, rows, species_counts):
+        """The e0 offsets' columns of the energy rows: atoms of each species."""
+        if offsets is not None:
+            energy_row = row_layout(rows)[0]
+            has = energy_row >= 0
+            k[energy_row[has], offsets.columns] = np.asarray(species_counts)[has]
+
+    def take_pending():
+        """The queued frames' chunk, and a fresh queue."""
+        nonlocal pending_bytes, pending_rows, done_rows, chunks
+        rows = [p[0] for p in pending]
+        k = kernel_rows([p[1] for p in pending], rows, [p[2] for p in pending])
+        add_counts(k, rows, [p[4] for p in pending])
+        chunk = (k, np.concatenate([r.y for r in rows]), np.concatenate([r.sigma for r in rows]),
+                 ChunkLabels.of(rows, [p[3] for p in pending], [p[2] for p in pending]))
+        pending.clear()
+        done_rows += pending_rows
+        pending_bytes, pending_rows = 0.0, 0
+        chunks += 1
+        if chunks % 4 == 0:  # the chunks' temporaries fragment the heap; keep RSS ~ A + one chunk
+            release_freed_memory()
+        return chunk
+
+    share = " (rank 0's share)" if getattr(log, "size", 1) > 1 else ""
+    with log.progress("K_NM rows", max(n_rows, 1), note=share) as progress:
+        for frame in source.read([entries[f] for f in my_frames]):
+            progress.update(done_rows + pending_rows)  # rows built, and queued in this chunk
+            fr = frame_rows(frame, names, sigmas, e0, sigma_per_atom, core)
+            grad = bool(fr.force_atoms.size) or fr.has_virial
+            nl = neighbour_list(frame.positions, frame.cell, frame.pbc, max_cutoff)
+            per_atom = _bytes_per_atom(coords, frame, nl, grad)
+            counts = offsets.counts(frame.numbers) if offsets is not None else None
+            if per_atom is not None and per_atom.sum() > chunk_bytes:
+                # a frame too big for one chunk: its instances in pieces (by centre atom); the K rows
+                # are sums over instances, so the pieces' rows add up to the frame's
+                if pending:
+                    yield take_pending()
+                k = np.zeros((fr.y.size, n_columns))
+                for atoms in _atom_groups(per_atom, chunk_bytes):
+                    k += kernel_rows([describe(frame, nl, grad, atoms)], [fr], [len(frame)])
+                add_counts(k, [fr], [counts])
+                done_rows += fr.y.size
+                yield k, fr.y, fr.sigma, ChunkLabels.of([fr], [frame.index], [len(frame)])
+                continue
+            values = describe(frame, nl, grad)
+            pending.append((fr, values, len(frame), frame.index, counts))
+            pending_rows += fr.y.size
+            pending_bytes += 8.0 * fr.y.size * n_columns  # the chunk's K rows
+            if per_atom is not None:
+                pending_bytes += per_atom.sum()
+            else:  # descriptor values + the kernel matrices k(x, s) of their instances
+                pending_bytes += sum(val.nbytes + 4 * 8 * val.n_desc * c.n_sparse for val, c in zip(values, coords))
+            if pending_bytes > chunk_bytes:
+                yield take_pending()
+        if pending:
+            yield take_pending()
+
+
+class DenseRows:
+    """The sink of the dense path: Σ^-1/2 K_NM and Σ^-1/2 y into this rank's rows of A and b."""
+
+    def __init__(self, a_local: np.ndarray, b_local: np.ndarray):
+        self.a_local, self.b_local = a_local, b_local
+        self.rows = 0  # rows filled so far
+        self.data_stats = np.zeros(2)  # rows and Σ log σ (for the log marginal likelihood)
+
+    def add(self, k: np.ndarray, y: np.ndarray, sigma: np.ndarray) -> None:
+        n = y.size
+        self.data_stats += (n, float(np.sum(np.log(sigma))))
+        k /= sigma[:, None]
+        self.a_local[self.rows:self.rows + n] = k
+        self.b_local[self.rows:self.rows + n] = y / sigma
+        self.rows += n
+
+
+def _bytes_per_atom(coords, frame, nl, grad):
+    """Approximate working memory of each centre atom's instances (None if a descriptor cannot split)."""
+    if not all(c.descriptor.splittable for c in coords):
+        return None
+    total = np.zeros(len(frame))
+    for c in coords:
+        rows = c.descriptor.gradient_rows(frame, nl)
+        if rows is None:
+            return None
+        d = c.descriptor.dimensions
+        per_row = (3 * d + 8) * 8 if grad else 0
+        total += rows * per_row + (rows > 0) * (d + 4 * c.n_sparse) * 8
+    return total
+
+
+def _atom_groups(per_atom_bytes, budget):
+    """Boolean masks of consecutive atoms whose bytes stay within ``budget`` (one atom at least)."""
+    cumulative = np.cumsum(per_atom_bytes)
+    group = np.floor_divide(cumulative - per_atom_bytes, budget).astype(np.int64)
+    for g in np.unique(group):
+        yield group == g

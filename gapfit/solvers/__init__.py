@@ -1,1 +1,0 @@
-"""Linear solvers: serial LAPACK QR and distributed ScaLAPACK QR."""
