@@ -22,7 +22,7 @@ import numpy as np
 from .data.extxyz import MemorySource, XyzFileSource
 from .data.targets import TargetNames
 from .errors import ConfigError
-from .fit.pipeline import FitResult, run_fit  # noqa: F401 (FitResult: part of the API)
+from .fit.pipeline import FitResult, configure, run_fit  # noqa: F401 (FitResult: part of the API)
 from .model.gap_xml import write_model
 from .options.syntax import join_argv, quote_value
 from .options.top_level import parse_top_level
@@ -127,18 +127,14 @@ class GapFit:
                 text += " at_file=<in-memory>"
         elif frames is not None:
             text += f" at_file={os.fspath(frames)}"
-        opts = parse_top_level(option_string=text)
-        extends = None
-        if opts["extend_checkpoint"]:
-            from .solve.checkpoint import extension_options
-            opts, extends = extension_options(opts, self.comm)
+        config, extends = configure(parse_top_level(option_string=text), self.comm)
         if source is None:
-            source = XyzFileSource(opts["at_file"])
+            source = XyzFileSource(config.targets.at_file)
         # unlike the CLI, the API writes files only when gp_file is given
-        result = run_fit(opts, source, comm=self.comm, stream=self.stream, quiet=self.quiet,
-                         write=opts.has("gp_file"), extends=extends, keep_kernel_rows=keep_kernel_rows)
+        result = run_fit(config, source, comm=self.comm, stream=self.stream, quiet=self.quiet,
+                         write=config.outputs.gp_file_given, extends=extends, keep_kernel_rows=keep_kernel_rows)
         self._take(result)
-        self._name_options = {key: opts.values[key] for key in TargetNames.OPTION_KEYS}
+        self._name_options = config.target_name_options()
         self._problem = result.refit
         self._settings = None
         return self

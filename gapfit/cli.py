@@ -47,23 +47,19 @@ def main(argv=None) -> int:
     verbose = any(a.replace(" ", "").lower().startswith("verbosity=") and
                   a.split("=", 1)[1].strip().upper() in ("VERBOSE", "NERD", "ANALYSIS") for a in argv)
     try:
+        from .data.extxyz import XyzFileSource
+        from .fit.pipeline import configure, run_fit
         from .options.top_level import parse_top_level, read_config_file
 
         opts = parse_top_level(argv, read_file=lambda p: rank0_call(comm, read_config_file, p))
-        verbose = verbose or opts["verbosity"] in ("VERBOSE", "NERD", "ANALYSIS")
+        config, extends = configure(opts, comm)
+        verbose = verbose or config.run.verbose
         if comm.size > 1:
             from .linalg import scalapack
             scalapack.blacs_selftest(comm)
             if not any(k in os.environ for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")):
                 scalapack.limit_blas_threads(comm)  # also caps the OpenBLAS that ScaLAPACK loaded
-        from .fit.pipeline import run_fit
-        from .data.extxyz import XyzFileSource
-
-        extends = None
-        if opts["extend_checkpoint"]:
-            from .solve.checkpoint import extension_options
-            opts, extends = extension_options(opts, comm)
-        run_fit(opts, XyzFileSource(opts["at_file"]), comm=comm, extends=extends)
+        run_fit(config, XyzFileSource(config.targets.at_file), comm=comm, extends=extends)
         sys.stdout.flush()
         return 0
     except KeyboardInterrupt:

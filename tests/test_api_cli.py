@@ -155,7 +155,8 @@ def test_unused_targets_are_warned_about(tmp_path):
 
 
 def test_unused_energy_and_stress_keys(tmp_path):
-    from gapfit.data.targets import TargetNames, unused_target_warnings
+    from gapfit.config.targets import TargetNames
+    from gapfit.data.targets import unused_target_warnings
     from gapfit.data.extxyz import FrameIndex
     from gapfit.options.top_level import parse_top_level
 

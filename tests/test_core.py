@@ -12,7 +12,7 @@ from ase import Atoms
 from ase.io import read
 
 from gapfit.model.calculator import GapCalculator
-from gapfit.model.core import GluePotential
+from gapfit.data.core import GluePotential
 from gapfit.errors import ConfigError
 from gapfit.model.gap_xml import read_model
 

@@ -5,8 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from gapfit.data.e0 import compute_e0, parse_e0
-from gapfit.data.targets import SigmaTable, TargetNames, frame_rows, species_in_order
+from gapfit.config.fit_config import build_config
+from gapfit.config.targets import parse_e0
+from gapfit.data.e0 import compute_e0
+from gapfit.config.targets import SigmaTable, TargetNames
+from gapfit.data.targets import frame_rows, species_in_order
 from gapfit.data.distribute import distribute
 from gapfit.errors import ConfigError, DataError
 from gapfit.data.extxyz import Frame, index_xyz
@@ -102,7 +105,7 @@ def _e0(args, path):
     names = TargetNames.from_options(o.values)
     entries, singles = index_xyz(str(path))
     species = species_in_order(entries)
-    return compute_e0(o.values, o.given, entries, singles, species, names, 4.0, neighbour_list)[0], species
+    return compute_e0(build_config(o).targets.e0, entries, singles, species, names, 4.0, neighbour_list)[0], species
 
 
 def test_e0_isolated_and_average(quip_data):

@@ -137,7 +137,7 @@ def _with_offset_columns(fit, frames, species):
     energy = cache.kind % 3 == 0
     columns = np.where(energy[:, None], counts[cache.frame], 0.0)
     k = np.hstack([cache.k, columns]) / cache.sigma[:, None]
-    jitter = problem.ctx.values["sparse_jitter"]
+    jitter = problem.ctx.config.solver.sparse_jitter
     prior = sla.block_diag(problem.k_mm_unit + jitter * np.eye(m), np.eye(len(species)) * (1.0 + jitter))
     u = sla.cholesky(prior, lower=False)
     a = np.vstack([k, u])

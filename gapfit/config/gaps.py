@@ -3,8 +3,8 @@ gap_fit's ``add_species`` expansion."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from dataclasses import dataclass
+from typing import Any, Dict, List, Tuple
 
 from ..descriptors import descriptor_class, find_type
 from ..errors import ConfigError
@@ -12,18 +12,76 @@ from ..options.gp import GP_KEYS
 from ..options.schema import GivenKeys, apply_schema, did_you_mean
 from ..options.syntax import key_values
 
-@dataclass
+#: GpConfig's field for each canonical per-GAP key (gapfit.options.gp.GP_KEYS)
+_GP_FIELDS = {
+    "energy_scale": "delta", "f0": "f0", "n_sparse": "n_sparse", "config_type_n_sparse": "config_type_n_sparse",
+    "sparse_method": "sparse_method", "lengthscale_factor": "theta_factor", "lengthscale_uniform": "theta_uniform",
+    "lengthscale_file": "theta_file", "sparse_file": "sparse_file", "mark_sparse_atoms": "mark_sparse_atoms",
+    "add_species": "add_species", "covariance_type": "covariance_type", "soap_exponent": "zeta",
+    "print_sparse_index": "print_sparse_index", "unique_hash_tolerance": "unique_hash_tolerance",
+    "unique_descriptor_tolerance": "unique_descriptor_tolerance",
+}
+
+
+@dataclass(frozen=True)
+class GpConfig:
+    """One descriptor's GP: kernel, δ, θ rule, sparse method and counts (gap_fit's per-GAP keys)."""
+
+    delta: float  # energy_scale
+    f0: float
+    n_sparse: int
+    config_type_n_sparse: str
+    sparse_method: str
+    theta_factor: str  # lengthscale_factor as typed: one number, or one per dimension
+    theta_uniform: float  # lengthscale_uniform
+    theta_file: str  # lengthscale_file
+    sparse_file: str
+    mark_sparse_atoms: bool
+    add_species: bool
+    covariance_type: str  # ard_se | pp | dot_product
+    zeta: float  # soap_exponent
+    print_sparse_index: str
+    unique_hash_tolerance: float
+    unique_descriptor_tolerance: float
+    given: GivenKeys  # the keys given, as typed
+
+    @classmethod
+    def from_values(cls, values: Dict[str, Any], given: GivenKeys) -> "GpConfig":
+        return cls(given=given, **{field_name: values[key] for key, field_name in _GP_FIELDS.items()})
+
+    @property
+    def theta_rule(self) -> str:
+        """How ARD_SE/pp θ is set: 'uniform', 'file', 'factor' (× the data's ranges), or '' (ζ instead)."""
+        for key, rule in (("lengthscale_uniform", "uniform"), ("lengthscale_file", "file"),
+                          ("lengthscale_factor", "factor")):
+            if key in self.given:
+                return rule
+        return ""
+
+    def key(self, name: str) -> str:
+        """A per-GAP key (canonical name) as the user typed it."""
+        return self.given.key(name)
+
+    @property
+    def theta_file_key(self) -> str:
+        return self.given.key("lengthscale_file")
+
+    def __getitem__(self, name: str):
+        """The value of a per-GAP key by its canonical name (gap_fit's own vocabulary)."""
+        return getattr(self, _GP_FIELDS[name])
+
+
+@dataclass(frozen=True)
 class GapSpec:
     """One descriptor + GP specification (one ``gpCoordinates`` after species expansion)."""
 
     piece: str  # the full gap-string piece, written verbatim to <descriptor>
     index: int  # 1-based position among the pieces (for messages)
     descriptor_type: str
-    gp: Dict[str, Any]
-    gp_given: GivenKeys
+    gp: GpConfig
     descriptor_params: Dict[str, Any]
     descriptor_given: GivenKeys
-    warnings: List[str] = field(default_factory=list)  # legacy keys that were accepted
+    warnings: Tuple[str, ...] = ()  # legacy keys that were accepted
 
     @property
     def where(self) -> str:
@@ -53,14 +111,13 @@ def parse_gap_piece(piece: str, index: int) -> GapSpec:
             raise ConfigError(f"unknown key '{key}' {where}{hint}")
     gp, gp_given = apply_schema(GP_KEYS, gp_pairs, where)
     dparams, d_given = apply_schema(dcls.schema, d_pairs, where)
-    spec = GapSpec(piece=piece, index=index, descriptor_type=dtype, gp=gp, gp_given=gp_given,
-                   descriptor_params=dparams, descriptor_given=d_given, warnings=warnings)
-    _validate_gp(spec)
-    return spec
+    _validate_gp(gp, gp_given, where)
+    return GapSpec(piece=piece, index=index, descriptor_type=dtype, gp=GpConfig.from_values(gp, gp_given),
+                   descriptor_params=dparams, descriptor_given=d_given, warnings=tuple(warnings))
 
 
-def _validate_gp(spec: GapSpec) -> None:
-    gp, given, where = spec.gp, spec.gp_given, spec.where
+def _validate_gp(gp: Dict[str, Any], given: GivenKeys, where: str) -> None:
+    """The checks that involve several per-GAP keys."""
     cov = gp["covariance_type"]
     if cov == "bond_real_space":
         raise ConfigError(f"covariance_type={cov} {where} is not implemented in gapfit (use ard_se, pp or "
@@ -102,7 +159,7 @@ def expand_species(specs: List[GapSpec], species: List[int]) -> List[GapSpec]:
     """gap_fit's ``add_species=T`` expansion, in the order of the pieces."""
     out: List[GapSpec] = []
     for spec in specs:
-        if not spec.gp["add_species"]:
+        if not spec.gp.add_species:
             out.append(spec)
             continue
         cls = descriptor_class(spec.descriptor_type)

@@ -12,40 +12,14 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import chemical_symbols
 
-from ..errors import ConfigError, DataError
-from ..options.syntax import split_fields
+from ..config.targets import N_ELEMENTS, E0Rule, TargetNames
+from ..errors import DataError
 from .extxyz import Frame, FrameIndex
-from .targets import N_ELEMENTS, TargetNames, energy_of
+from .targets import energy_of
 
 
-def parse_e0(text: str) -> np.ndarray:
-    """``e0=`` as one number for every element, or ``{Si:-158.5:O:-432.1}``; index = Z."""
-    e0 = np.zeros(N_ELEMENTS + 1)
-    text = text.strip()
-    if text.startswith("{") and text.endswith("}"):
-        text = text[1:-1]
-    fields = split_fields(text, separators=":", quotes={"{": "}"}, what="e0")
-    fields = [f.strip() for f in fields]
-    if len(fields) == 1:
-        try:
-            e0[1:] = float(fields[0].replace("d", "e").replace("D", "E"))
-        except ValueError:
-            raise ConfigError(f"the 'e0' key must be a number or {{Symbol:value:...}}; got {text!r}") from None
-        return e0
-    if len(fields) % 2:
-        raise ConfigError(f"the 'e0' key must be pairs like {{Si:-158.5:O:-432.1}}; got {len(fields)} fields in {text!r}")
-    for k in range(0, len(fields), 2):
-        sym, val = fields[k], fields[k + 1]
-        z = atomic_numbers.get(sym.capitalize())
-        if not z:
-            raise ConfigError(f"the 'e0' key names an unknown element '{sym}'")
-        try:
-            e0[z] = float(val.replace("d", "e").replace("D", "E"))
-        except ValueError:
-            raise ConfigError(f"the 'e0' value of {sym} must be a number; got {val!r}") from None
-    return e0
 
 
 def isolated_atom_energies(single_atom_frames: Sequence[Frame], names: TargetNames, max_cutoff: float,
@@ -67,20 +41,20 @@ def isolated_atom_energies(single_atom_frames: Sequence[Frame], names: TargetNam
     return found
 
 
-def compute_e0(values: Dict, given: Dict, entries: Sequence[FrameIndex], single_atom_frames: Sequence[Frame],
+def compute_e0(rule: E0Rule, entries: Sequence[FrameIndex], single_atom_frames: Sequence[Frame],
                species: Sequence[int], names: TargetNames, max_cutoff: float, neighbour_list,
                core_energy: Optional[Dict[int, float]] = None) -> Tuple[np.ndarray, str, List[str]]:
-    """e0 per element (index = Z), a one-line description of how it was set, and warnings.
+    """e0 per element (index = Z) by ``rule``, a one-line description of how it was set, and warnings.
 
     ``core_energy`` (frame index → the core potential's energy) is subtracted from each
     energy first, as gap_fit computes e0 from core-subtracted energies.
     """
     core_energy = core_energy or {}
     warnings: List[str] = []
-    if "e0" in given:
-        e0 = parse_e0(values["e0"])
-        how = f"e0 given: {values['e0']}"
-    elif values["e0_method"] == "isolated":
+    if rule.given is not None:
+        e0 = np.array(rule.given, dtype=float)
+        how = f"e0 given: {rule.text}"
+    elif rule.method == "isolated":
         found = isolated_atom_energies(single_atom_frames, names, max_cutoff, neighbour_list)
         missing = [z for z in species if z not in found]
         if missing:
@@ -98,8 +72,8 @@ def compute_e0(values: Dict, given: Dict, entries: Sequence[FrameIndex], single_
         count = energies.size
         e0 = np.zeros(N_ELEMENTS + 1)
         net = " (net of the core potential)" if core_energy else ""
-        if values["e0_method"] in ("least_squares", "joint"):  # joint: the GP fits offsets from it
-            e0[list(species)], how, text = _least_squares_e0(composition, energies, species, values["e0_method"])
+        if rule.method in ("least_squares", "joint"):  # joint: the GP fits offsets from it
+            e0[list(species)], how, text = _least_squares_e0(composition, energies, species, rule.method)
             how += net
             if text:
                 warnings.append(text)
@@ -110,10 +84,10 @@ def compute_e0(values: Dict, given: Dict, entries: Sequence[FrameIndex], single_
             if count and len(species) > 1 and np.ptp(fractions, axis=0).max() > 1e-6:
                 warnings.append("e0_method=average gives every species the same e0, but the stoichiometry of the "
                                 "data varies: e0_method=least_squares (gapfit) fits one e0 per species")
-    if "e0_offset" in given:
-        e0[1:] += values["e0_offset"]
-        how += f", plus e0_offset={values['e0_offset']}"
-    if "e0" not in given:
+    if rule.offset is not None:
+        e0[1:] += rule.offset
+        how += f", plus e0_offset={rule.offset}"
+    if rule.given is None:
         present = np.zeros(N_ELEMENTS + 1, dtype=bool)
         present[list(species)] = True
         e0[~present] = 0.0

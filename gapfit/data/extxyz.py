@@ -402,6 +402,23 @@ def check_atoms_apart(frame: Frame) -> None:
                     f"{COINCIDENT_ATOMS} Å (counting periodic images): the same atom twice?")
 
 
+def _open_xyz(path: str, key: str = "at_file"):
+    """``path`` opened for reading, or a DataError naming it (``key``: as the user typed it)."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{key} '{path}' does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"{key} '{path}' is a directory, not an extended XYZ file") from None
+    except OSError as exc:
+        raise DataError(f"{key} '{path}' cannot be read: {exc.strerror}") from None
+
+
+def check_readable(path: str, key: str = "at_file") -> None:
+    """An extended XYZ file that can be opened (the preflight's check of at_file)."""
+    _open_xyz(path, key).close()
+
+
 def index_xyz(path: str, validate=None, key: str = "at_file") -> Tuple[List[FrameIndex], List[Frame]]:
     """Validate every frame of ``path`` and index them.
 
@@ -413,15 +430,7 @@ def index_xyz(path: str, validate=None, key: str = "at_file") -> Tuple[List[Fram
     source = os.path.basename(path)
     entries: List[FrameIndex] = []
     single_atom: List[Frame] = []
-    try:
-        fh = open(path, "rb")
-    except FileNotFoundError:
-        raise DataError(f"{key} '{path}' does not exist") from None
-    except IsADirectoryError:
-        raise DataError(f"{key} '{path}' is a directory, not an extended XYZ file") from None
-    except OSError as exc:
-        raise DataError(f"{key} '{path}' cannot be read: {exc.strerror}") from None
-    with fh:
+    with _open_xyz(path, key) as fh:
         for k, (offset, nbytes, line_no, lines) in enumerate(_iter_frame_blocks(fh, source)):
             frame = _frame_from_lines(lines, k, line_no, source)
             check_atoms_apart(frame)

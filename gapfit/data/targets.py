@@ -15,58 +15,19 @@ The rules follow gap_fit (``gap_fit_module.F90``; interface notes §3):
 from __future__ import annotations
 
 import math
+
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..config.targets import SigmaTable, TargetNames
+from ..errors import DataError
 from .extxyz import Frame, FrameIndex, lookup
-from ..options.syntax import split_fields
 
-N_ELEMENTS = 118
 VIRIAL_COMPONENTS = ((0, 0), (1, 0), (2, 0), (1, 1), (2, 1), (2, 2))  # (l, k) rows, gap_fit's order
 
 
-@dataclass(frozen=True)
-class TargetNames:
-    """The key names gap_fit looks up in each frame (``parameter_name_prefix`` applied)."""
-
-    energy: str
-    force: str
-    virial: str
-    stress: str
-    hessian: str
-    config_type: str
-    sigma: str
-    force_mask: str
-    local_property: str
-
-    #: the options :meth:`from_options` reads (gapfit-eval and GapFit.score take them too)
-    OPTION_KEYS = ("energy_parameter_name", "force_parameter_name", "virial_parameter_name", "stress_parameter_name",
-                   "hessian_parameter_name", "config_type_parameter_name", "kernel_regularisation_parameter_name",
-                   "force_mask_parameter_name", "local_property_parameter_name", "parameter_name_prefix")
-
-    @classmethod
-    def from_options(cls, values: Dict) -> "TargetNames":
-        p = values.get("parameter_name_prefix", "") or ""
-        names = cls(
-            energy=p + values["energy_parameter_name"],
-            force=p + values["force_parameter_name"],
-            virial=p + values["virial_parameter_name"],
-            stress=p + values["stress_parameter_name"],
-            hessian=p + values["hessian_parameter_name"],
-            config_type=p + values["config_type_parameter_name"],
-            sigma=p + values["kernel_regularisation_parameter_name"],
-            force_mask=p + values["force_mask_parameter_name"],
-            local_property=p + values["local_property_parameter_name"],
-        )
-        if values.get("sparsify_only_no_fit"):
-            # gap_fit ignores everything but energies when only sparsifying
-            ignore = "//IGNORE//"
-            names = cls(names.energy, ignore, ignore, ignore, ignore, names.config_type, names.sigma,
-                        names.force_mask, names.local_property)
-        return names
 
 
 # --------------------------------------------------------------------------------------
@@ -215,34 +176,6 @@ def energy_of(info: Dict, names: TargetNames, where: str) -> Optional[float]:
 # σ per config_type (config_type_sigma)
 # --------------------------------------------------------------------------------------
 
-class SigmaTable:
-    """σ_E, σ_F, σ_V, σ_H per config_type group, with gap_fit's ``default`` fallback."""
-
-    def __init__(self, default_sigma: Sequence[float], config_type_sigma: str = "", key: str = "config_type_sigma"):
-        self.groups: Dict[str, np.ndarray] = {}
-        if config_type_sigma.strip():
-            fields = split_fields(config_type_sigma, separators=" :;", what=key)
-            if len(fields) % 5 != 0:
-                raise ConfigError(f"{key} must be groups of 5 fields (name:energy:force:virial:hessian); "
-                                  f"got {len(fields)} fields")
-            for g in range(0, len(fields), 5):
-                name = fields[g]
-                try:
-                    values = [float(f.replace("d", "e").replace("D", "E")) for f in fields[g + 1:g + 5]]
-                except ValueError:
-                    raise ConfigError(f"{key} group '{name}' must have 4 numbers; "
-                                      f"got {' '.join(fields[g + 1:g + 5])!r}") from None
-                if any(v < 0 or not math.isfinite(v) for v in values):
-                    raise ConfigError(f"{key} group '{name}' has a negative or non-finite σ")
-                self.groups[name] = np.array(values)
-        if "default" not in self.groups:
-            self.groups["default"] = np.array(default_sigma, dtype=float)
-
-    def names(self) -> List[str]:
-        return list(self.groups)
-
-    def __call__(self, config_type: str) -> np.ndarray:
-        return self.groups.get(config_type, self.groups["default"])
 
 
 # --------------------------------------------------------------------------------------

@@ -11,6 +11,15 @@ from ..runtime.report import human_bytes, peak_rss_bytes
 from ..solve.linear_system import available_memory, streaming_bytes
 from ..solve.rows import CHUNK_BYTES
 from ..sparse.candidates import CANDIDATE_METHODS, candidate_passes
+from .finish import FitResult
+
+
+def dry_run(data, comm, log):
+    """dryrun=T: the memory estimate, and no fit (a FitResult without a model)."""
+    memory_estimate(log, comm, data.source, data.entries, data.my_frames, data.coords, data.frame_rows, data.owner,
+                    data.max_cutoff)
+    log("dryrun=T: stopping before the fit")
+    return FitResult(model=None, alpha=[], sparse_x=[], sparse_cutoff=[], sparse_index=[], e0=data.e0)
 
 
 def memory_estimate(log, comm, source, entries, my_frames, coords, frame_rows_count, owner, max_cutoff):
@@ -39,14 +48,14 @@ def memory_estimate(log, comm, source, entries, my_frames, coords, frame_rows_co
     for k, c in enumerate(coords):
         gp, d = c.spec.gp, c.descriptor.dimensions
         n_inst, n_grad = (int(v) for v in counts[k])
-        m = gp["n_sparse"] if gp["n_sparse"] > 0 else n_inst
-        m = min(m, n_inst) if gp["sparse_method"] not in ("file", "index_file") else m
+        m = gp.n_sparse if gp.n_sparse > 0 else n_inst
+        m = min(m, n_inst) if gp.sparse_method not in ("file", "index_file") else m
         m_total += m
         rows.append([k + 1, c.descriptor.name, d, n_inst, n_grad, m, human_bytes(3.0 * n_grad * d * 8)])
     log.table(["coordinate", "descriptor", "d", "instances", "gradient rows", "M", "all gradients"], rows)
     # rank 0 holds the candidates of one pass at a time (values, cutoff, config type and the
     # selection's per-candidate temporaries); under MPI also the gathered copy it reorders
-    need = [c.spec.gp["sparse_method"] in CANDIDATE_METHODS for c in coords]
+    need = [c.spec.gp.sparse_method in CANDIDATE_METHODS for c in coords]
     cand_bytes = max((sum(counts[k, 0] * (coords[k].descriptor.dimensions + 6) * 8.0 for k in group)
                       for group in candidate_passes(coords, need)), default=0.0) * (2 if comm.size > 1 else 1)
     n_rows = int(frame_rows_count.sum())

@@ -24,16 +24,18 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..data.targets import VIRIAL_COMPONENTS, FrameRows
-from ..descriptors.base import DescriptorValues
+from ..config.gaps import GapSpec
+from ..descriptors.base import Descriptor, DescriptorValues
 from .functions import Kernel
 
 
-@dataclass
+@dataclass(frozen=True)
 class Coordinate:
-    """One fitted coordinate (gpCoordinates): descriptor, kernel and its columns in A."""
+    """One fitted coordinate (gpCoordinates): descriptor, kernel and its columns in A.  Before the
+    sparse-point phase it has no kernel; the phase makes a new one with them."""
 
-    spec: object  # options.GapSpec
-    descriptor: object  # descriptors.base.Descriptor
+    spec: GapSpec
+    descriptor: Descriptor
     kernel: Optional[Kernel] = None
     sparse_cutoff: Optional[np.ndarray] = None
     sparse_index: Optional[np.ndarray] = None  # the sparse points' candidate indices (None: from a file)

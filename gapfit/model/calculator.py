@@ -75,7 +75,7 @@ class GapPotential:
         self.cutoff = max((d.cutoff for d, _, _ in self.terms), default=0.0)
         self.core = None
         if model.has_core:  # gap_fit's Sum of a core potential and the GAP
-            from .core import load_core
+            from ..data.core import load_core
             try:
                 self.core = load_core(model.core_ip_args, model.core_xml, f"the core potential of '{model.path}'",
                                       key="the core potential's init_args")

@@ -21,9 +21,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..data.targets import TargetNames
+from ..config.targets import TargetNames, parse_target_names
 from ..errors import ConfigError, GapfitError
-from ..options.schema import Schema, apply_schema
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,13 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _names(words: List[str]):
-    from ..options.top_level import TOP_LEVEL
-    from ..options.syntax import key_values
-
-    schema = Schema([p for p in TOP_LEVEL.params if p.name in TargetNames.OPTION_KEYS])
-    pairs = key_values(" ".join(words), what="the command line") if words else []
-    values, _ = apply_schema(schema, pairs, "on the gapfit-eval command line")
-    return TargetNames.from_options(values)
+    return parse_target_names(words, "on the gapfit-eval command line")
 
 
 def evaluate_files(comm, log, model_path: str, paths: List[str], names, collect: bool = False) -> Dict[str, dict]:

@@ -131,8 +131,8 @@ class RefitProblem:
         self.cache = cache
         self.comm = ctx.comm
         self.k_mm_unit = k_mm(ctx.coords, 0.0, ctx.offsets) if ctx.comm.rank == 0 else None  # δ as fitted, no jitter
-        self.deltas = [float(c.spec.gp["energy_scale"]) for c in ctx.coords]
-        self.per_atom = bool(ctx.values["kernel_regularisation_is_per_atom"])
+        self.deltas = [float(c.spec.gp.delta) for c in ctx.coords]
+        self.per_atom = bool(ctx.config.targets.sigma_per_atom)
 
     # --- the σ of every row ----------------------------------------------------------------
     def sigma(self, cache: KernelRowCache, table, rows: slice) -> np.ndarray:
@@ -164,7 +164,7 @@ class RefitProblem:
             if not (new > 0 and math.isfinite(new)):
                 raise ConfigError(f"refit: delta of descriptor '{' '.join(c.spec.piece.split())}' must be positive "
                                   f"(got {new})")
-            if new != old and float(c.spec.gp["f0"]) != 0.0:
+            if new != old and float(c.spec.gp.f0) != 0.0:
                 raise ConfigError(f"refit: delta of '{' '.join(c.spec.piece.split())}' cannot change with f0 != 0 "
                                   f"(its kernel is not δ² times a fixed function): fit from scratch")
 

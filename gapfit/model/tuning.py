@@ -51,10 +51,9 @@ class Settings:
 
 
 def base_settings(problem) -> Settings:
-    v = problem.ctx.values
-    return Settings(default_sigma=[float(s) for s in v["default_kernel_regularisation"]],
-                    config_type_sigma=v["config_type_kernel_regularisation"] or "",
-                    deltas=list(problem.deltas), sparse_jitter=float(v["sparse_jitter"]))
+    config = problem.ctx.config
+    return Settings(default_sigma=list(config.targets.default_sigma), config_type_sigma=config.targets.config_type_sigma,
+                    deltas=list(problem.deltas), sparse_jitter=float(config.solver.sparse_jitter))
 
 
 def settings(problem, base: Settings, **keys) -> Settings:

@@ -3,7 +3,7 @@ conversion and checking of ``key=value`` pairs with them (gap_fit's ParamReader 
 aliases, defaults, mandatory keys; unlike gap_fit, unknown keys are errors with a hint).
 
 The tables themselves live with their owners: gap_fit's top-level and per-GAP keys in
-:mod:`gapfit.options`, each descriptor's keys in its own module.
+:mod:`gapfit.options.top_level` and :mod:`gapfit.options.gp`, each descriptor's keys in its own module.
 """
 
 from __future__ import annotations
@@ -120,6 +120,12 @@ class Param:
     mandatory: bool = False
     help: str = ""
     check: Optional[Callable[[Any], Optional[str]]] = None  # returns an error text or None
+    #: the key shapes the sparse points or the rows of the linear system: a checkpoint made with
+    #: another value is not resumed (gapfit.solve.checkpoint.fingerprint)
+    fingerprint: bool = True
+    #: an extension of a finished fit (extend_checkpoint) may give the key itself; the others come
+    #: from the base fit (or must not change it)
+    extension: bool = False
 
     @property
     def names(self) -> Tuple[str, ...]:

@@ -4,8 +4,8 @@ and parsing the command line or a ``config_file`` into values and the keys given
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
 from .schema import (GivenKeys, Param, Schema, apply_schema, choice, float_list, non_negative, positive,  # noqa: F401
@@ -25,9 +25,11 @@ def _gp_file_check(name):
 
 TOP_LEVEL = Schema([
     Param("config_file", to_str, "",
-          help="read the options from this file (gap_fit syntax, '#' comments; command-line options override it)"),
+          help="read the options from this file (gap_fit syntax, '#' comments; command-line options override it)",
+          fingerprint=False),
     Param("atoms_filename", to_str, None, aliases=("at_file",), mandatory=True,
-          help="extended XYZ file of training configurations (energies eV, forces eV/Å, virials eV)"),
+          help="extended XYZ file of training configurations (energies eV, forces eV/Å, virials eV)",
+          fingerprint=False, extension=True),
     Param("gap", to_str, None, mandatory=True,
           help="descriptors and their GP settings, {d1 ... : d2 ...}; 'gapfit --help soap' lists a descriptor's keys"),
     Param("e0", to_str, "0.0",
@@ -74,68 +76,80 @@ TOP_LEVEL = Schema([
     Param("kernel_regularisation_is_per_atom", to_bool, True, aliases=("sigma_per_atom",),
           help="scale the energy and virial σ by √(number of atoms)"),
     Param("do_copy_atoms_file", to_bool, True, aliases=("do_copy_at_file",),
-          help="copy the training data into the XML"),
+          help="copy the training data into the XML", fingerprint=False),
     Param("sparse_separate_file", to_bool, True,
-          help="write the sparse points to <gp_file>.sparseX.<label> files instead of inside the XML"),
+          help="write the sparse points to <gp_file>.sparseX.<label> files instead of inside the XML",
+          fingerprint=False),
     Param("sparse_use_actual_gpcov", to_bool, False,
           help="cluster, covariance and cur_covariance sparsification use the real kernel"),
     Param("gap_file", to_str, "gap_new.xml", aliases=("gp_file",), check=_gp_file_check,
-          help="the GAP XML model written"),
+          help="the GAP XML model written", fingerprint=False, extension=True),
     Param("verbosity", choice("NORMAL", "VERBOSE", "NERD", "ANALYSIS", case_sensitive=True), "NORMAL",
-          help="NORMAL, or VERBOSE (and above) for tracebacks with errors"),
+          help="NORMAL, or VERBOSE (and above) for tracebacks with errors", fingerprint=False),
     Param("rnd_seed", to_int, -1,
           help="seed of the random sparse-point choices; -1 draws one, which the model's command line and "
                "report_file record"),
     Param("openmp_chunk_size", to_int, 0, check=non_negative,
-          help="gap_fit's OpenMP chunk size (accepted; gapfit's threads are BLAS's)"),
-    Param("do_ip_timing", to_bool, False, help="gap_fit's timers (accepted; gapfit always reports timings)"),
+          help="gap_fit's OpenMP chunk size (accepted; gapfit's threads are BLAS's)", fingerprint=False),
+    Param("do_ip_timing", to_bool, False, help="gap_fit's timers (accepted; gapfit always reports timings)",
+          fingerprint=False),
     Param("template_file", to_str, "template.xyz",
           help="atoms template for descriptors that need one (none of gapfit's)"),
     Param("sparsify_only_no_fit", to_bool, False,
           help="choose and write the sparse points, then stop: the first step of the two-step workflow"),
-    Param("dryrun", to_bool, False, help="stop after printing the memory needed per rank and the smallest P"),
+    Param("dryrun", to_bool, False, help="stop after printing the memory needed per rank and the smallest P",
+          fingerprint=False),
     Param("condition_number_norm", choice(" ", "O", "I", case_sensitive=False), " ",
-          help="O or I: print log10 of the condition number of R in that norm (serial runs)"),
+          help="O or I: print log10 of the condition number of R in that norm (serial runs)", fingerprint=False),
     Param("linear_system_dump_file", to_str, "",
-          help="prefix of text dumps of each rank's rows of A and b (<prefix>.A.<rank>, <prefix>.b.<rank>)"),
+          help="prefix of text dumps of each rank's rows of A and b (<prefix>.A.<rank>, <prefix>.b.<rank>)",
+          fingerprint=False),
     Param("mpi_blocksize_rows", to_int, 0, check=non_negative,
-          help="ScaLAPACK row block size; 0: all of a rank's rows"),
+          help="ScaLAPACK row block size; 0: all of a rank's rows", fingerprint=False),
     # gap_fit's default is 100; 32 halves ScaLAPACK's QR time and its nb×rows workspace here
     # (InP, 368k×1060 on 2 ranks: 14.9 s vs 25.4 s) and only affects speed and memory
     Param("mpi_blocksize_cols", to_int, 32, check=non_negative,
-          help="ScaLAPACK column block size (gap_fit: 100); 0: M"),
-    Param("mpi_print_all", to_bool, False, help="every rank prints its progress, prefixed by its rank"),
+          help="ScaLAPACK column block size (gap_fit: 100); 0: M", fingerprint=False),
+    Param("mpi_print_all", to_bool, False, help="every rank prints its progress, prefixed by its rank",
+          fingerprint=False),
     Param("export_covariance", to_bool, False,
-          help="write the triangular factor R of the QR to <gp_file>.R.<label> (for posterior committees)"),
+          help="write the triangular factor R of the QR to <gp_file>.R.<label> (for posterior committees)",
+          fingerprint=False),
     # gapfit extension: the order of sparse-point candidates gathered from the ranks.
     # "data" (default): file order, so an MPI run chooses exactly what a serial run chooses;
     # "rank": rank 0's frames, then rank 1's, ... as gap_fit's MPI runs (to reproduce them).
     Param("mpi_candidate_order", choice("data", "rank"), "data",
-          help="gapfit: MPI sparse-point candidates in file order (data, = serial) or rank order (rank, = gap_fit)"),
+          help="gapfit: MPI sparse-point candidates in file order (data, = serial) or rank order (rank, = gap_fit)",
+          fingerprint=False),
     # gapfit extension: a machine-readable JSON report (timings, per-rank rows and peak memory)
     Param("report_file", to_str, "",
-          help="gapfit: write a JSON report (per-rank timings, rows, peak memory, warnings) to this file"),
+          help="gapfit: write a JSON report (per-rank timings, rows, peak memory, warnings) to this file",
+          fingerprint=False),
     Param("linear_solver", choice("auto", "dense", "streaming"), "auto",
           help="gapfit: the least-squares path: dense A (QR of all rows at once), streaming (rows folded into an "
-               "(M+1)² triangular factor as they are made: memory independent of the data), or auto"),
+               "(M+1)² triangular factor as they are made: memory independent of the data), or auto",
+          fingerprint=False),
     Param("checkpoint_file", to_str, "",
           help="gapfit: save the streaming solve here as it goes, and resume from it when the same fit is rerun "
-               "(SIGTERM/SIGUSR1 save and stop: exit status 75)"),
+               "(SIGTERM/SIGUSR1 save and stop: exit status 75)", fingerprint=False, extension=True),
     Param("extend_checkpoint", to_str, "",
           help="gapfit: extend the finished fit saved in this checkpoint with the frames of at_file (its sparse "
-               "points, θ, e0 and σ rules are kept; a fit on all the data, for the cost of the new frames)"),
+               "points, θ, e0 and σ rules are kept; a fit on all the data, for the cost of the new frames)",
+          fingerprint=False, extension=True),
     Param("checkpoint_interval", to_float, 900.0, check=positive,
-          help="gapfit: seconds between a rank's saves to checkpoint_file"),
+          help="gapfit: seconds between a rank's saves to checkpoint_file", fingerprint=False, extension=True),
     Param("training_errors", to_bool, True,
           help="gapfit: after the fit, report the model's errors on the training data per config_type (a second "
-               "pass over the data: descriptors with gradients and predictions, not kernel rows)"),
+               "pass over the data: descriptors with gradients and predictions, not kernel rows)", fingerprint=False),
     Param("test_file", to_str, "",
           help="gapfit: extended XYZ file(s) of held-out frames (separated by commas or spaces in braces): "
-               "report the model's errors on them per config_type"),
+               "report the model's errors on them per config_type", fingerprint=False),
     Param("row_chunk_mb", to_float, 16.0, check=positive,
-          help="gapfit: MiB of descriptor gradients and kernel rows per chunk of K_NM rows (the producer's step)"),
+          help="gapfit: MiB of descriptor gradients and kernel rows per chunk of K_NM rows (the producer's step)",
+          fingerprint=False),
     Param("progress_interval", to_float, 10.0, check=non_negative,
-          help="gapfit: seconds between progress reports within a long phase (each also waits for 5% more work)"),
+          help="gapfit: seconds between progress reports within a long phase (each also waits for 5% more work)",
+          fingerprint=False),
 ])
 
 # Keys that gap_fit registers but whose features gapfit does not implement: giving
@@ -146,14 +160,14 @@ _UNSUPPORTED_TOP_LEVEL = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class TopLevelOptions:
     """The parsed top-level options (canonical names) and where they came from."""
 
     values: Dict[str, Any]
     given: GivenKeys
     option_string: str  # the string stored in the XML <command_line>
-    gap_pieces: List[str] = field(default_factory=list)
+    gap_pieces: Tuple[str, ...] = ()
 
     def __getitem__(self, name):
         return self.values[TOP_LEVEL.by_name[name].name]
@@ -210,9 +224,8 @@ def parse_top_level(argv: Sequence[str] = (), option_string: Optional[str] = Non
     for key, reason in _UNSUPPORTED_TOP_LEVEL.items():
         if key in given:
             raise ConfigError(f"the '{given.key(key)}' key is not supported by gapfit: {reason}")
-    opts = TopLevelOptions(values=values, given=given, option_string=option_string)
-    opts.gap_pieces = split_gap_string(values["gap"]) if values["gap"] is not None else []
-    return opts
+    pieces = tuple(split_gap_string(values["gap"])) if values["gap"] is not None else ()
+    return TopLevelOptions(values=values, given=given, option_string=option_string, gap_pieces=pieces)
 
 
 def _optional(pairs) -> tuple:

@@ -30,7 +30,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ..config.fit_config import FitConfig
 from ..errors import ConfigError, GapfitError
+from ..options.top_level import TOP_LEVEL, TopLevelOptions
 from ..runtime.files import write_files_atomically
 
 FORMAT = "gapfit-checkpoint"
@@ -38,15 +40,6 @@ VERSION = 1
 EXIT_CHECKPOINTED = 75  # EX_TEMPFAIL: try again later
 DEFAULT_INTERVAL = 900.0  # seconds between periodic checkpoints
 
-# options that change neither the sparse points nor the rows of the linear system
-_NOT_FINGERPRINTED = {
-    "config_file", "gap_file", "report_file", "verbosity", "progress_interval", "mpi_print_all", "linear_solver",
-    "mpi_blocksize_rows", "mpi_blocksize_cols", "do_copy_atoms_file", "sparse_separate_file", "export_covariance",
-    "condition_number_norm", "linear_system_dump_file", "openmp_chunk_size", "do_ip_timing", "dryrun",
-    "checkpoint_file", "checkpoint_interval", "extend_checkpoint", "mpi_candidate_order", "row_chunk_mb",
-    "training_errors", "test_file",
-    "atoms_filename",  # the data are identified by their content (sha256), not by the path used to name them
-}
 
 
 class Checkpointed(GapfitError):
@@ -63,10 +56,10 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def fingerprint(opts, data_path: Optional[str], core_text: Optional[str] = None) -> Dict[str, object]:
+def fingerprint(opts: TopLevelOptions, data_path: Optional[str], core_text: Optional[str] = None) -> Dict[str, object]:
     """What must not change between a checkpoint and the run that resumes from it."""
     options = {opts.given.key(name): " ".join(str(value).split()) if value is not None else None
-               for name, value in sorted(opts.given.items()) if name not in _NOT_FINGERPRINTED}
+               for name, value in sorted(opts.given.items()) if TOP_LEVEL.by_name[name].fingerprint}
     data = {"file": os.path.basename(data_path), "sha256": file_sha256(data_path)} if data_path else None
     core = hashlib.sha256(core_text.encode()).hexdigest() if core_text is not None else None
     return {"options": options, "data": data, "core": core}
@@ -264,14 +257,14 @@ class CheckpointRun:
         return bool(self.previous) and self.previous.get("state") == "complete"
 
     @classmethod
-    def open(cls, comm, opts, data_path: Optional[str], core_text: Optional[str],
+    def open(cls, comm, config: FitConfig, data_path: Optional[str], core_text: Optional[str],
              stop: Optional[StopRequest] = None) -> "CheckpointRun":
         """Check an existing checkpoint against this fit (ConfigError naming the difference) and load it."""
         from ..runtime.parallel import rank0_call, rank0_only
-        path = opts.values["checkpoint_file"]
+        path = config.checkpoint.file
 
         def read():
-            fp = fingerprint(opts, data_path, core_text)
+            fp = fingerprint(config.options, data_path, core_text)
             cp = Checkpoint(path)
             manifest = cp.manifest()
             if manifest is None:
@@ -289,25 +282,25 @@ class CheckpointRun:
             parts = [Checkpoint(path).load_part(manifest, comm.rank)]
         else:  # rank 0 folds every saved factor into its own; the frames left are shared out afresh
             parts = rank0_only(comm, lambda: Checkpoint(path).load_parts(manifest) if manifest else [])
-        run = cls(comm, path, opts.values["checkpoint_interval"], fp, manifest, common, done, u_folded, parts,
+        run = cls(comm, path, config.checkpoint.interval, fp, manifest, common, done, u_folded, parts,
                   stop=stop)
         run.adopt = adopt
         return run
 
     @classmethod
-    def extension(cls, comm, opts, base_manifest: dict, data_path: Optional[str],
+    def extension(cls, comm, config: FitConfig, base_manifest: dict, data_path: Optional[str],
                   core_text: Optional[str], stop: Optional[StopRequest] = None) -> "CheckpointRun":
         """An extension: the base fit's finished factor, sparse points, θ and e0; all new frames to fold."""
         from ..runtime.parallel import rank0_call, rank0_only
-        base = Checkpoint(opts.values["extend_checkpoint"])
-        fp = rank0_call(comm, fingerprint, opts, data_path, core_text)
+        base = Checkpoint(config.checkpoint.extend)
+        fp = rank0_call(comm, fingerprint, config.options, data_path, core_text)
         if base_manifest["fingerprint"].get("core") != fp.get("core"):
             raise ConfigError(f"extend_checkpoint '{base.path}': the core potential's parameter file has changed "
                               f"since the base fit")
         common = rank0_call(comm, base.load_common, base_manifest)
         parts = rank0_only(comm, base.load_parts, base_manifest)
-        path = opts.values["checkpoint_file"] or None
-        return cls(comm, path, opts.values["checkpoint_interval"], fp, None, common, np.zeros(0, dtype=np.int64),
+        path = config.checkpoint.file or None
+        return cls(comm, path, config.checkpoint.interval, fp, None, common, np.zeros(0, dtype=np.int64),
                    True, parts, extends=base_manifest, stop=stop)
 
     def describe(self) -> str:
@@ -423,20 +416,9 @@ class CheckpointRun:
 
 
 # --- extending a finished fit with new data ------------------------------------------------
-#: keys an extension may set itself (the rest come from the base fit)
-_EXTENSION_KEYS = {"atoms_filename", "gap_file", "checkpoint_file", "checkpoint_interval", "extend_checkpoint"}
-
-
-def extension_options(opts, comm):
-    """The options of an extension: the base fit's (from its checkpoint), with this run's data and outputs.
-
-    Keys that shape the model (descriptors, σ, e0, ...) must not be given differently: the sparse
-    points, θ, e0 and σ rules are the base fit's.
-    """
-    from ..options.top_level import parse_top_level
-    from ..options.syntax import quote_value
+def read_base_manifest(path: str, comm) -> dict:
+    """The manifest of the finished fit that ``extend_checkpoint`` names (collective; ConfigError if none)."""
     from ..runtime.parallel import rank0_call
-    path = opts.values["extend_checkpoint"]
 
     def read():
         manifest = Checkpoint(path).manifest()
@@ -447,22 +429,5 @@ def extension_options(opts, comm):
                               f"checkpoint_file={path})")
         return manifest
     manifest = rank0_call(comm, read)
-    from ..options.top_level import TOP_LEVEL
-    base = manifest["fingerprint"]["options"]
-    by_name = {TOP_LEVEL.by_name[k].name: (k, v) for k, v in base.items() if k in TOP_LEVEL}
-    for name, value in opts.given.items():
-        if name in _EXTENSION_KEYS or name in _NOT_FINGERPRINTED:
-            continue
-        text = " ".join(str(value).split()) if value is not None else None
-        if name not in by_name or by_name[name][1] != text:
-            was = f"{by_name[name][0]}={by_name[name][1]}" if name in by_name else "not given"
-            raise ConfigError(f"extend_checkpoint '{path}': {opts.given.key(name)} comes from the base fit ({was}); "
-                              f"leave it out to extend")
-    words = [f"{k}={quote_value(v)}" if v is not None else k for k, v in base.items()
-             if k not in ("at_file", "atoms_filename")]
-    for name in _EXTENSION_KEYS | _NOT_FINGERPRINTED:
-        if name in opts.given and name != "config_file":
-            value = opts.given[name]
-            words.append(f"{opts.given.key(name)}={quote_value(value)}" if value is not None else opts.given.key(name))
     manifest["path"] = path
-    return parse_top_level(option_string=" ".join(words)), manifest
+    return manifest

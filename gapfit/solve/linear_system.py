@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..config.fit_config import FitConfig
+from ..config.targets import SigmaTable, TargetNames
 from ..data.distribute import distribute
+from ..data.e0 import SpeciesOffsets
+from ..data.extxyz import FrameIndex
 from ..errors import DataError, NumericalError
-from ..kernels.covariance import k_mm
+from ..kernels.covariance import Coordinate, k_mm
 from ..linalg.triangular import TriangularFactor, reduce_factors
 from ..runtime.parallel import rank0_call, rank0_only
-from ..runtime.report import human_bytes
+from ..data.core import GluePotential
+from ..runtime.report import Reporter, human_bytes
 from .rows import CHUNK_BYTES, DenseRows, kernel_row_chunks
 
 #: auto: the dense path only while A takes less than this share of the memory available
@@ -38,27 +43,33 @@ DENSE_MEMORY_SHARE = 0.5
 DENSE_AUTO_BYTES = 256 * 2 ** 20
 
 
-@dataclass
+@dataclass(frozen=True)
 class FitContext:
     """What the least-squares phase needs of a fit once its sparse points are known."""
 
-    comm: object
-    log: object
-    source: object
-    entries: list
+    comm: Any
+    log: Reporter
+    config: FitConfig
+    source: Any  # a gapfit.data.extxyz frame source
+    entries: Sequence[FrameIndex]
     owner: np.ndarray  # rank of every frame
     frame_rows: np.ndarray  # target rows of every frame
-    coords: list
-    names: object
-    sigmas: object
+    coords: Tuple[Coordinate, ...]
     e0: np.ndarray
-    values: dict  # the top-level options
     max_cutoff: float
-    core: object = None
-    species: list = field(default_factory=list)  # in order of first appearance
-    row_cache: object = None  # a gapfit.model.refit.KernelRowCache that keeps the unscaled rows, or None
-    offsets: object = None  # gapfit.data.e0.SpeciesOffsets (e0_method=joint): columns after the sparse points
+    core: Optional[GluePotential] = None
+    species: Tuple[int, ...] = ()  # in order of first appearance
+    row_cache: Optional[Any] = None  # a gapfit.model.refit.KernelRowCache that keeps the unscaled rows
+    offsets: Optional[SpeciesOffsets] = None  # e0_method=joint: columns after the sparse points
     rnd_seed: int = 0  # the seed the sparse points were drawn with (a checkpoint keeps it)
+
+    @property
+    def names(self) -> TargetNames:
+        return self.config.targets.names
+
+    @property
+    def sigmas(self) -> SigmaTable:
+        return self.config.targets.sigmas
 
     @property
     def n_sparse(self) -> int:
@@ -98,9 +109,8 @@ def streaming_bytes(n_sparse: int) -> float:
     return 8.0 * n * n + 8.0 * max(n, 256) * n + 2.0 * CHUNK_BYTES
 
 
-def choose_path(values, n_rows: int, n_sparse: int, n_ranks: int, log) -> str:
-    """'dense' or 'streaming' for linear_solver=auto|dense|streaming, saying why for auto."""
-    asked = values["linear_solver"]
+def choose_path(asked: str, n_rows: int, n_sparse: int, n_ranks: int, log) -> str:
+    """'dense' or 'streaming' for linear_solver=``asked`` (auto|dense|streaming), saying why for auto."""
     if asked != "auto":
         return asked
     a_bytes = 8.0 * (n_rows / n_ranks + n_sparse) * n_sparse
@@ -125,11 +135,10 @@ def solve(ctx: FitContext, path: str, stats: Dict[str, float], run=None) -> Solu
 
 def _produce(ctx: FitContext, sink, stats, frames, n_rows, after_chunk=None):
     """Every chunk of K_NM rows of ``frames`` into ``sink``; ``after_chunk(frame_ids)`` may stop early (True)."""
-    v = ctx.values
     for k, y, sigma, labels in kernel_row_chunks(ctx.source, ctx.entries, frames, ctx.coords, ctx.names, ctx.sigmas,
-                                                 ctx.e0, v["kernel_regularisation_is_per_atom"], ctx.max_cutoff,
+                                                 ctx.e0, ctx.config.targets.sigma_per_atom, ctx.max_cutoff,
                                                  ctx.n_sparse, ctx.log, stats, n_rows, ctx.core,
-                                                 chunk_bytes=v["row_chunk_mb"] * 2.0 ** 20, offsets=ctx.offsets):
+                                                 chunk_bytes=ctx.config.solver.chunk_bytes, offsets=ctx.offsets):
         if ctx.row_cache is not None:  # before the sink scales k in place
             ctx.row_cache.add(k, y, sigma, labels)
         sink.add(k, y, sigma)
@@ -175,13 +184,14 @@ def block_sizes(unified_rows: int, n_sparse: int, mb: int, nb: int):
 
 
 def solve_dense(ctx: FitContext, stats) -> Solution:
-    comm, log, v, n_sparse = ctx.comm, ctx.log, ctx.values, ctx.n_sparse
+    comm, log, n_sparse = ctx.comm, ctx.log, ctx.n_sparse
+    solver, outputs = ctx.config.solver, ctx.config.outputs
     dist = distribute(ctx.frame_rows, comm.size, n_sparse, owner=ctx.owner)
     if comm.size == 1:
         n_local = int(ctx.frame_rows.sum()) + n_sparse
         mb = nb = 0
     else:
-        mb, nb, n_local = block_sizes(dist.unified_rows, n_sparse, v["mpi_blocksize_rows"], v["mpi_blocksize_cols"])
+        mb, nb, n_local = block_sizes(dist.unified_rows, n_sparse, solver.blocksize_rows, solver.blocksize_cols)
     n_data_local = int(dist.data_rows[comm.rank])
     if comm.size > 1:
         from ..linalg.scalapack import scalapack_info
@@ -203,12 +213,12 @@ def solve_dense(ctx: FitContext, stats) -> Solution:
     _log_rates(ctx, stats)
     if filled != n_data_local:
         raise DataError(f"internal inconsistency: {filled} rows built, {n_data_local} expected")
-    if v["linear_system_dump_file"]:
-        prefix = v["linear_system_dump_file"]
+    if outputs.dump_prefix:
+        prefix = outputs.dump_prefix
         np.savetxt(f"{prefix}.A.{comm.rank}", a_local[:filled])
         np.savetxt(f"{prefix}.b.{comm.rank}", b_local[:filled])
     with log.phase("K_MM and its Cholesky factor"):
-        u = rank0_only(comm, cholesky_of_kmm, ctx.coords, v["sparse_jitter"], ctx.offsets, log.warn)
+        u = rank0_only(comm, cholesky_of_kmm, ctx.coords, solver.sparse_jitter, ctx.offsets, log.warn)
         log_u = log_u_diag(u) if comm.rank == 0 else 0.0
         if comm.size == 1:
             a_local[filled:filled + n_sparse] = u
@@ -247,27 +257,27 @@ def _qr_estimate(n_rows, n_cols, n_ranks):
 
 def _dense_qr(ctx, a_local, b_local, mb, nb, extras):
     """α, R for export_covariance (or None), and R where the solve has it on rank 0 (or None)."""
-    comm, log, v = ctx.comm, ctx.log, ctx.values
+    comm, log = ctx.comm, ctx.log
+    norm, export = ctx.config.solver.condition_number_norm, ctx.config.outputs.export_covariance
     if comm.size == 1:
         from ..linalg.serial import qr_solve
         alpha, r = qr_solve(a_local, b_local, extras=extras)
-        _log_condition_number(log, v, r)
-        return alpha, (r if v["export_covariance"] else None), r
+        _log_condition_number(log, norm, r)
+        return alpha, (r if export else None), r
     from ..linalg.scalapack import qr_solve as sl_qr_solve
-    if v["condition_number_norm"].strip():
+    if norm:
         log("warning: condition_number_norm is not computed with MPI (as in gap_fit)")
-    out = sl_qr_solve(comm, a_local, b_local, ctx.n_sparse, mb, nb, return_r=v["export_covariance"], extras=extras)
-    if v["export_covariance"]:
+    out = sl_qr_solve(comm, a_local, b_local, ctx.n_sparse, mb, nb, return_r=export, extras=extras)
+    if export:
         return out[0], out[1], out[1]
     return out, None, None
 
 
-def _log_condition_number(log, v, r):
-    norm = v["condition_number_norm"].strip()
+def _log_condition_number(log, norm: str, r):
     if norm:
         from scipy.linalg import lapack
-        rcond, _ = lapack.dtrcon(r, norm=norm.upper(), uplo="U")
-        log(f"Condition number (log10) of the triangular factor R (norm {norm.upper()}): {-np.log10(rcond):.4f}")
+        rcond, _ = lapack.dtrcon(r, norm=norm, uplo="U")
+        log(f"Condition number (log10) of the triangular factor R (norm {norm}): {-np.log10(rcond):.4f}")
 
 
 # --- the streaming path --------------------------------------------------------------------
@@ -286,7 +296,7 @@ def solve_streaming(ctx: FitContext, stats, run=None) -> Solution:
     folded are skipped (rank 0 folds the saved factors instead), parts are saved as the folding
     goes, a signal stops every rank with a checkpoint, and the finished factor is saved.
     """
-    comm, log, v, n_sparse = ctx.comm, ctx.log, ctx.values, ctx.n_sparse
+    comm, log, n_sparse = ctx.comm, ctx.log, ctx.n_sparse
     done = run.done if run is not None else np.zeros(0, dtype=np.int64)
     if run is not None and run.adopt:  # each rank goes on with its own frames, as if never stopped
         frames = ctx.my_frames()[~np.isin(ctx.my_frames(), run.my_saved_frames())]
@@ -300,7 +310,7 @@ def solve_streaming(ctx: FitContext, stats, run=None) -> Solution:
     factor = TriangularFactor(n_sparse)
     fold_u = not (run is not None and run.u_folded)
     with log.phase("K_MM and its Cholesky factor"):
-        u = rank0_only(comm, cholesky_of_kmm, ctx.coords, v["sparse_jitter"], ctx.offsets, log.warn)
+        u = rank0_only(comm, cholesky_of_kmm, ctx.coords, ctx.config.solver.sparse_jitter, ctx.offsets, log.warn)
         log_u = log_u_diag(u) if comm.rank == 0 else 0.0
         if fold_u and comm.rank == 0:
             factor.add_rows(np.hstack([u, np.zeros((n_sparse, 1))]))
@@ -323,7 +333,7 @@ def solve_streaming(ctx: FitContext, stats, run=None) -> Solution:
         raise DataError(f"internal inconsistency: {factor.rows} rows built, {n_rows_local} expected")
     with log.phase("Combining the ranks' factors and solving" if comm.size > 1 else "Solving"):
         total = reduce_factors(comm, factor) if comm.size > 1 else factor
-        alpha, residual, r = rank0_call(comm, _solve_factor, total, v, log)
+        alpha, residual, r = rank0_call(comm, _solve_factor, total, ctx.config, log)
     log(f"Residual ‖Aα − b‖ = {residual:.6g}")
     log_r, data_stats, log_u = rank0_call(comm, lambda: (total.log_abs_r_diag(), total.data_stats.tolist(), log_u))
     evidence = _evidence(ctx, residual ** 2, log_r, log_u, data_stats)
@@ -352,12 +362,13 @@ def common_arrays(ctx: FitContext) -> dict:
     return arrays
 
 
-def _solve_factor(factor: TriangularFactor, v, log):
+def _solve_factor(factor: TriangularFactor, config: FitConfig, log):
+    norm, export = config.solver.condition_number_norm, config.outputs.export_covariance
     alpha, residual = factor.solve()
-    r = factor.r_factor() if (v["export_covariance"] or v["condition_number_norm"].strip()) else None
+    r = factor.r_factor() if (export or norm) else None
     if r is not None:
-        _log_condition_number(log, v, r)
-    return alpha, residual, (r if v["export_covariance"] else None)
+        _log_condition_number(log, norm, r)
+    return alpha, residual, (r if export else None)
 
 
 def memory_paths(n_rows: int, n_sparse: int, n_ranks: int) -> List[tuple]:

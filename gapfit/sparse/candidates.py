@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from ..config.fit_config import SparseConfig
 from ..descriptors.neighbours import neighbour_list
 from ..errors import ConfigError
 from ..options.syntax import split_fields
@@ -127,15 +128,15 @@ def _gather_in_data_order(comm, local, mpi_candidate_order):
     return take_rows(x_all, order), take_rows(c_all[:, None], order)[:, 0], t_all[order]
 
 
-def sparse_points(comm, log, source, entries, labels, my_frames, coords, config_type_names, max_cutoff, rng, v):
+def sparse_points(comm, log, source, entries, labels, my_frames, coords, config_type_names, max_cutoff, rng,
+                  settings: SparseConfig):
     """Candidates on the owning ranks, gathered to rank 0 in data order; selection there; broadcast.
 
     Candidates live in temporary files (:mod:`gapfit.runtime.spill`) and are read a block at a time; one
     high-dimensional coordinate's are made at a time (:func:`candidate_passes`): its choice is
     made, and its candidates dropped, before the next pass over the data.
     """
-    need = [c.spec.gp["sparse_method"] in CANDIDATE_METHODS or "lengthscale_factor" in c.spec.gp_given
-            for c in coords]
+    need = [c.spec.gp.sparse_method in CANDIDATE_METHODS or c.spec.gp.theta_rule == "factor" for c in coords]
     passes = candidate_passes(coords, need)
     pass_of = {k: i for i, group in enumerate(passes) for k in group}
     choices: List[Optional[SparseChoice]] = []
@@ -151,17 +152,17 @@ def sparse_points(comm, log, source, entries, labels, my_frames, coords, config_
                     f"{'s' if len(group) > 1 else ''} {', '.join(str(j + 1) for j in group)})"
                 held = _compute_candidates(comm, log, source, entries, labels, my_frames, coords, group,
                                            config_type_names, max_cutoff, note)
-            x, cut, ct = _gather_in_data_order(comm, held.pop(k), v["mpi_candidate_order"])
+            x, cut, ct = _gather_in_data_order(comm, held.pop(k), settings.candidate_order)
         theta = length_scales(comm, c, x)
         thetas.append(theta)
-        with log.heartbeat(f"choosing the sparse points of coordinate {k + 1} ({c.spec.gp['sparse_method']})"):
+        with log.heartbeat(f"choosing the sparse points of coordinate {k + 1} ({c.spec.gp.sparse_method})"):
             choice = rank0_call(comm, choose_sparse_points, c.spec, x, cut, ct, config_type_names, d, rng,
                                 log if comm.rank == 0 else (lambda *a: None), theta=theta,
-                                use_actual_gpcov=v["sparse_use_actual_gpcov"],
+                                use_actual_gpcov=settings.use_actual_gpcov,
                                 permutations=c.descriptor.permutations,
                                 gap_fit_order=c.descriptor.same_bits_everywhere)
-        if comm.rank == 0 and choice.index is not None and c.spec.gp["print_sparse_index"]:
-            with open(c.spec.gp["print_sparse_index"], "a") as fh:
+        if comm.rank == 0 and choice.index is not None and c.spec.gp.print_sparse_index:
+            with open(c.spec.gp.print_sparse_index, "a") as fh:
                 fh.write(" ".join(str(i + 1) for i in choice.index) + "\n")
         if choice.x.shape[1] != d:
             raise ConfigError(f"sparse points of descriptor {c.spec.index} have {choice.x.shape[1]} dimensions, "
@@ -169,20 +170,20 @@ def sparse_points(comm, log, source, entries, labels, my_frames, coords, config_
         choices.append(choice)
         n_cand = "" if x is None else f" from {x.shape[0]} instances"
         del x, cut, ct
-        log(f"  coordinate {k + 1}: {choice.x.shape[0]} sparse points ({c.spec.gp['sparse_method']}){n_cand}")
+        log(f"  coordinate {k + 1}: {choice.x.shape[0]} sparse points ({c.spec.gp.sparse_method}){n_cand}")
     return choices, thetas
 
 
 def length_scales(comm, coord, x_all):
     """θ for ARD_SE and pp: uniform, from a file, or the data range times theta_fac (over all data)."""
-    gp, given = coord.spec.gp, coord.spec.gp_given
+    gp = coord.spec.gp
     d = coord.descriptor.dimensions
-    if gp["covariance_type"] not in ("ard_se", "pp"):
+    if gp.covariance_type not in ("ard_se", "pp"):
         return None
-    if "lengthscale_uniform" in given:
-        return np.full(d, gp["lengthscale_uniform"])
-    if "lengthscale_file" in given:
-        path = gp["lengthscale_file"]
+    if gp.theta_rule == "uniform":
+        return np.full(d, gp.theta_uniform)
+    if gp.theta_rule == "file":
+        path = gp.theta_file
         try:
             with open(path) as fh:
                 fields = split_fields(fh.readline(), separators=" :;\t", what=f"theta_file '{path}'")
@@ -192,11 +193,7 @@ def length_scales(comm, coord, x_all):
         if theta.size != d:
             raise ConfigError(f"theta_file '{path}' {coord.spec.where} has {theta.size} values, the descriptor has {d}")
         return theta
-    fields = split_fields(gp["lengthscale_factor"], separators=" :;", what="theta_fac")
-    try:
-        fac = np.array([float(f) for f in fields])
-    except ValueError:
-        raise ConfigError(f"theta_fac {coord.spec.where} must be numbers; got {gp['lengthscale_factor']!r}") from None
+    fac = np.array([float(f) for f in split_fields(gp.theta_factor, separators=" :;", what="theta_fac")])
     if fac.size not in (1, d):
         raise ConfigError(f"theta_fac {coord.spec.where} must have 1 or {d} values; got {fac.size}")
 

@@ -75,8 +75,8 @@ class SelectionContext:
     @classmethod
     def from_gp(cls, gp, theta=None, use_actual_gpcov: bool = False, log=_silent, **overrides):
         """From a GapSpec's ``gp`` dict (covariance_type, energy_scale, f0, soap_exponent)."""
-        return cls(covariance_type=gp["covariance_type"], theta=theta, zeta=float(gp["soap_exponent"]),
-                   delta=float(gp["energy_scale"]), f0=float(gp["f0"]), use_actual_gpcov=bool(use_actual_gpcov),
+        return cls(covariance_type=gp.covariance_type, theta=theta, zeta=float(gp.zeta),
+                   delta=float(gp.delta), f0=float(gp.f0), use_actual_gpcov=bool(use_actual_gpcov),
                    log=log, **overrides)
 
 

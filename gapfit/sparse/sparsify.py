@@ -196,32 +196,32 @@ def choose_sparse_points(spec, x: Optional[np.ndarray], cutoff: Optional[np.ndar
                          config_type_names: Sequence[str], d: int, rng: np.random.Generator, log=print,
                          theta: Optional[np.ndarray] = None, use_actual_gpcov: bool = False,
                          permutations: Optional[np.ndarray] = None, gap_fit_order: bool = False) -> SparseChoice:
-    """Select one coordinate's sparse points with ``spec.gp['sparse_method']``.
+    """Select one coordinate's sparse points with ``spec.gp.sparse_method``.
 
     ``x``, ``cutoff`` and ``config_type`` (index into ``config_type_names``) are
     all candidate instances in data order (None for ``file``, which needs none).
     """
     gp = spec.gp
-    method = gp["sparse_method"]
+    method = gp.sparse_method
     where = spec.where
     if method == "file":
-        sx, sc = read_sparse_file(gp["sparse_file"], d, where)
-        if gp["n_sparse"] and gp["n_sparse"] != sx.shape[0]:
-            raise ConfigError(f"n_sparse={gp['n_sparse']} {where} does not match the {sx.shape[0]} points "
-                              f"in sparse_file '{gp['sparse_file']}'")
+        sx, sc = read_sparse_file(gp.sparse_file, d, where)
+        if gp.n_sparse and gp.n_sparse != sx.shape[0]:
+            raise ConfigError(f"n_sparse={gp.n_sparse} {where} does not match the {sx.shape[0]} points "
+                              f"in sparse_file '{gp.sparse_file}'")
         return SparseChoice(sx, sc, None)
     n_all = x.shape[0]
     if n_all == 0:  # no environments: the caller decides (an error, or a coordinate left out)
         return SparseChoice(np.zeros((0, d)), np.zeros(0), np.zeros(0, dtype=np.int64))
     if method == "index_file":
-        index = read_index_file(gp["sparse_file"], n_all, where)
-        if gp["n_sparse"] and gp["n_sparse"] != index.size:
-            raise ConfigError(f"n_sparse={gp['n_sparse']} {where} does not match the {index.size} indices "
-                              f"in sparse_file '{gp['sparse_file']}'")
+        index = read_index_file(gp.sparse_file, n_all, where)
+        if gp.n_sparse and gp.n_sparse != index.size:
+            raise ConfigError(f"n_sparse={gp.n_sparse} {where} does not match the {index.size} indices "
+                              f"in sparse_file '{gp.sparse_file}'")
         index = np.sort(index)
         return SparseChoice(np.array(x[index]), cutoff[index], index)
-    candidate = unique_mask(x, np.ones(n_all, dtype=bool), gp["unique_hash_tolerance"],
-                            gp["unique_descriptor_tolerance"], gap_fit_order)
+    candidate = unique_mask(x, np.ones(n_all, dtype=bool), gp.unique_hash_tolerance,
+                            gp.unique_descriptor_tolerance, gap_fit_order)
     n_x = int(candidate.sum())
     if method == "none":
         index = np.nonzero(candidate)[0]
@@ -238,8 +238,8 @@ def choose_sparse_points(spec, x: Optional[np.ndarray], cutoff: Optional[np.ndar
         def selector(xs, m, rng_):
             return np.sort(method_fn(xs, m, rng_, context))
     groups: List[np.ndarray] = []
-    if gp["n_sparse"] > 0:
-        m = gp["n_sparse"]
+    if gp.n_sparse > 0:
+        m = gp.n_sparse
         if n_x < m:
             log(f"  warning: descriptor {spec.index} has {n_x} distinct instances, fewer than n_sparse={m}; "
                 f"using {n_x}")
@@ -247,7 +247,7 @@ def choose_sparse_points(spec, x: Optional[np.ndarray], cutoff: Optional[np.ndar
         pool = np.nonzero(candidate)[0]
         groups.append(pool[selector(x if pool.size == n_all else take_rows(x, pool), m, rng)])
     else:
-        per_type = parse_config_type_n_sparse(gp["config_type_n_sparse"], where)
+        per_type = parse_config_type_n_sparse(gp.config_type_n_sparse, where)
         for name, m in per_type.items():
             if m == 0:
                 continue

@@ -22,11 +22,11 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..config.targets import parse_ip_args
 from ..descriptors.neighbours import neighbour_list
 from ..errors import ConfigError
 
 NATURAL = 0.99e30  # an end slope above this means a natural spline end
-SUPPORTED_IPS = ("Glue",)
 
 
 def _fortran_real(text: str) -> float:
@@ -273,19 +273,6 @@ class GluePotential:
         return out
 
 
-def parse_ip_args(ip_args: str, key: str = "core_ip_args"):
-    """(IP type, label) of an init string such as ``IP Glue label=x``; ConfigError otherwise."""
-    words = ip_args.replace("{", " ").replace("}", " ").split()
-    if len(words) < 2 or words[0] != "IP":
-        raise ConfigError(f"{key}={{{ip_args}}} must be a QUIP init string such as {{IP Glue}}")
-    ip, label = words[1], ""
-    for w in words[2:]:
-        if w.startswith("label="):
-            label = w.split("=", 1)[1].strip("\"'")
-    if ip not in SUPPORTED_IPS:
-        raise ConfigError(f"{key}={{{ip_args}}}: the core potential IP {ip} is not implemented in gapfit "
-                          f"(supported: {', '.join('IP ' + s for s in SUPPORTED_IPS)})")
-    return ip, label
 
 
 def read_param_file(path: str, key: str = "core_param_file") -> str:
