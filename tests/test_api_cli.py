@@ -213,3 +213,24 @@ def test_dryrun_estimates_memory_and_writes_nothing(tmp_path):
     assert "smallest P for the dense path on this machine: 1" in out  # both paths' memory (issue 9)
     assert "the streaming path fits this machine on one process" in out
     assert not list(tmp_path.glob("gp.xml*"))
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o022])
+def test_written_files_keep_the_users_umask(tmp_path, umask):
+    """Issue 19: the model and its sparseX files get the mode open() would give them (0600 under umask
+    077, 0644 under 022), not a forced 0644."""
+    import os
+    import stat
+    frames = read(str(QUIP_TESTS / "Si.np1.xyz"), ":")
+    old = os.umask(umask)
+    try:
+        GapFit(gap=GAP, energy_parameter_name="dft_energy", force_parameter_name="dft_force",
+               virial_parameter_name="dft_virial", default_sigma=[0.01, 1.0, 0.5, 0.0], sparse_jitter=1e-4,
+               rnd_seed=1, gp_file=str(tmp_path / "gp.xml"), report_file=str(tmp_path / "report.json"),
+               quiet=True).fit(frames)
+    finally:
+        os.umask(old)
+    written = sorted(tmp_path.iterdir())
+    assert len(written) >= 3  # the XML, a sparseX file, the report
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, (path.name, oct(path.stat().st_mode))

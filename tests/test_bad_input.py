@@ -54,6 +54,14 @@ CASES = {
     "print_sparse_index is at_file": (SI + [GOOD_GAP.replace("}", " print_sparse_index=Si.xyz}")],
                                       "print_sparse_index 'Si.xyz' of gap descriptor 1 would overwrite the input"),
     "report_file is gp_file": (SI + [GOOD_GAP, "report_file=gp.xml"], "are the same file"),
+    "report_file in a missing directory": (SI + [GOOD_GAP, "report_file=nodir/report.json"],
+                                           "report_file 'nodir/report.json': directory"),
+    "checkpoint_file in a missing directory": (SI + [GOOD_GAP, "checkpoint_file=nodir/fit.ckpt"],
+                                               "checkpoint_file 'nodir/fit.ckpt': directory"),
+    "print_sparse_index in a missing directory": (SI + [GOOD_GAP.replace("}", " print_sparse_index=nodir/i.txt}")],
+                                                  "print_sparse_index 'nodir/i.txt': directory"),
+    "missing test_file": (SI + [GOOD_GAP, "test_file=nothere.xyz"], "test_file 'nothere.xyz' does not exist"),
+    "a frame with no atoms": (TINY + [GOOD_GAP], "frame 2 (line 4) of tiny.xyz: the frame has no atoms"),
     "two atoms on one spot": (TINY + [GOOD_GAP], "frame 2 (line 4) of tiny.xyz: atom 1 (line 6) and atom 3 "
                                                  "(line 8) (Si, Si) are 0.0000 Å apart, closer than 0.01 Å"),
     "an atom on a periodic image": (TINY + [GOOD_GAP], "frame 2 (line 4) of tiny.xyz: atom 1 (line 6) and atom 3 "
@@ -66,6 +74,7 @@ TINY_FILES = {
     "NaN force": ISOLATED + FRAME.replace("-0.1 0 0", "-0.1 0 nan"),
     "two atoms on one spot": ISOLATED + FRAME.replace("2\n", "3\n", 1) + "Si 0 0 0 0 0 0\n",
     "an atom on a periodic image": ISOLATED + FRAME.replace("2\n", "3\n", 1) + "Si 4.999 5 0 0 0 0\n",
+    "a frame with no atoms": ISOLATED + "0\nLattice=\"5 0 0 0 5 0 0 0 5\" energy=-1.0 pbc=\"T T T\"\n" + FRAME,
 }
 
 

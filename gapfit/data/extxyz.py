@@ -389,7 +389,10 @@ COINCIDENT_ATOMS = 0.01
 
 
 def check_atoms_apart(frame: Frame) -> None:
-    """Refuse a frame with two atoms on one spot (closer than COINCIDENT_ATOMS), naming them."""
+    """Refuse a frame without atoms, and one with two atoms on one spot (closer than COINCIDENT_ATOMS),
+    naming them."""
+    if len(frame) == 0:
+        raise DataError(f"{frame.where}: the frame has no atoms (its first line is 0): remove it")
     pair = coincident_atoms(frame.positions, frame.cell, frame.pbc, COINCIDENT_ATOMS)
     if pair is None:
         return

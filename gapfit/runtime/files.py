@@ -23,6 +23,14 @@ def check_writable(path: str, key: str = "gp_file") -> None:
         raise ConfigError(f"{key} '{path}': cannot write in directory '{directory}' ({exc.strerror})") from None
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0666 less the process's umask (077 on a shared cluster
+    keeps models private)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_files_atomically(contents: dict) -> None:
     """Write {path: bytes} so that either all files appear complete or none changes."""
     temps = []
@@ -35,7 +43,7 @@ def write_files_atomically(contents: dict) -> None:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
+            os.chmod(tmp, new_file_mode())  # mkstemp's 0600 → what open() would give
         # the XML last, so a reader never sees it before its sparseX files
         for tmp, path in sorted(temps, key=lambda t: t[1].endswith(".xml")):
             os.replace(tmp, path)
