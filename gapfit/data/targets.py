@@ -78,6 +78,14 @@ class FrameLabels:
         return int(self.has_energy) + 3 * self.n_force_atoms * int(self.has_forces) + 6 * int(self.has_virial)
 
 
+def entry_labels(entry, names: TargetNames, where: str) -> FrameLabels:
+    """The labels of an indexed frame (:class:`gapfit.data.extxyz.FrameIndex`: its comment-line keys and the
+    names of its arrays)."""
+    arrays = dict.fromkeys(entry.array_names)
+    arrays.update(entry.logical_arrays)
+    return frame_labels(entry.info, arrays, entry.n_atoms, names, where)
+
+
 def has_key(mapping: Dict, name: str) -> bool:
     """Case-insensitive presence of a key (QUIP's Dictionary)."""
     low = name.lower()

@@ -11,10 +11,10 @@ import numpy as np
 
 from ..config.fit_config import FitConfig
 from ..data.e0 import SpeciesOffsets
-from ..model.refit import KernelRowCache
 from ..runtime.report import Reporter, human_bytes
 from ..solve.checkpoint import CheckpointRun
 from ..solve.linear_system import FitContext, Solution, choose_path, solve
+from ..solve.sinks import KernelRowCache
 from .preflight import FitSetup
 from .sparse_phase import SparsePoints
 from .training_data import TrainingData

@@ -16,7 +16,8 @@ from ..config.gaps import GapSpec, expand_species, parse_gap_piece
 from ..data.distribute import assign_frames
 from ..data.e0 import compute_e0
 from ..data.extxyz import FrameIndex
-from ..data.targets import FrameLabels, frame_labels, frame_rows, species_in_order, unused_target_warnings
+from ..data.targets import (FrameLabels, entry_labels, frame_labels, frame_rows, species_in_order,
+                            unused_target_warnings)
 from ..descriptors.neighbours import neighbour_list
 from ..errors import DataError
 from ..kernels.covariance import Coordinate
@@ -116,8 +117,8 @@ def _prepare_data(config: FitConfig, source, core=None):
     if core is not None:
         core.check_species(species, core.source)
     max_cutoff = max(g.make_descriptor().cutoff for g in expand_species(list(config.gaps), species))
-    labels = [frame_labels(e.info, {**dict.fromkeys(e.array_names), **e.logical_arrays}, e.n_atoms, names,
-                           f"frame {e.index + 1} (line {e.line}) of {os.path.basename(source.name)}") for e in entries]
+    labels = [entry_labels(e, names, f"frame {e.index + 1} (line {e.line}) of {os.path.basename(source.name)}")
+              for e in entries]
     if not any(label.has_energy for label in labels):
         keys = sorted({k for e in entries for k in e.info})
         hint = [k for k in keys if "energ" in k.lower()]

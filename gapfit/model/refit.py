@@ -17,99 +17,21 @@ errors of every refit are one matrix-vector product.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
 
 import numpy as np
 
+from ..data.distribute import assign_frames
+from ..data.targets import entry_labels
 from ..errors import ConfigError
-from ..runtime.parallel import rank0_call, rank0_only
-from ..runtime.spill import RowSpill
-from ..solve.evidence import log_marginal_likelihood
+from ..kernels.covariance import k_mm
+from ..linalg.serial import cholesky_upper
+from ..solve.fold import FoldAndSolve
+from ..solve.linear_system import produce_rows
+from ..solve.sinks import Discard, KernelRowCache
 
-#: the cache stays in memory while it takes less than this share of the available memory
-MEMORY_SHARE = 0.25
 QUANTITY_NAMES = ("energy", "forces", "virial")
-
-
-class KernelRowCache:
-    """This rank's unscaled K_NM rows, targets, σ and σ rules (a sink of :func:`gapfit.solve.rows.kernel_row_chunks`)."""
-
-    def __init__(self, n_columns: int, expected_rows: int = 0, in_memory: Optional[bool] = None):
-        from ..solve.linear_system import available_memory
-        self.n_columns = int(n_columns)
-        if in_memory is None:
-            free = available_memory()
-            in_memory = not free or 8.0 * expected_rows * n_columns < MEMORY_SHARE * free
-        self.in_memory = bool(in_memory)
-        self._blocks: List[np.ndarray] = []
-        self._spill = None if self.in_memory else RowSpill(self.n_columns)
-        self._parts: Dict[str, list] = {"y": [], "sigma": [], "kind": [], "frame": [], "n_atoms": [], "group": []}
-        self.config_types: List[str] = []  # group code → config_type name
-        self._k = None
-        self.rows = 0
-
-    def add(self, k: np.ndarray, y: np.ndarray, sigma: np.ndarray, labels) -> None:
-        if self.in_memory:
-            self._blocks.append(np.array(k, dtype=float, order="C"))
-        else:
-            self._spill.append(k)
-        codes = []
-        for name in labels.config_types:
-            if name not in self.config_types:
-                self.config_types.append(name)
-            codes.append(self.config_types.index(name))
-        pos = labels.frame_position
-        parts = self._parts
-        parts["y"].append(np.array(y, dtype=float))
-        parts["sigma"].append(np.array(sigma, dtype=float))
-        parts["kind"].append(np.asarray(labels.sigma_kind, dtype=np.int8))
-        parts["frame"].append(np.asarray(labels.frames, dtype=np.int64)[pos])
-        parts["n_atoms"].append(np.asarray(labels.n_atoms, dtype=np.int64)[pos])
-        parts["group"].append(np.asarray(codes, dtype=np.int16)[pos])
-        self.rows += y.size
-        self._k = None
-
-    def _column(self, name: str) -> np.ndarray:
-        parts = self._parts[name]
-        if len(parts) != 1:  # concatenated once, on first use
-            self._parts[name] = [np.concatenate(parts) if parts else np.zeros(0)]
-        return self._parts[name][0]
-
-    y = property(lambda self: self._column("y"), doc="targets (e0 and core subtracted)")
-    sigma = property(lambda self: self._column("sigma"), doc="σ as fitted")
-    kind = property(lambda self: self._column("kind"), doc="σ rule and quantity (FrameRows.sigma_kind)")
-    frame = property(lambda self: self._column("frame"), doc="frame index of every row")
-    n_atoms = property(lambda self: self._column("n_atoms"), doc="atoms of every row's frame")
-    group = property(lambda self: self._column("group"), doc="config_type code (config_types) of every row")
-
-    @property
-    def k(self) -> np.ndarray:
-        """All rows, (rows, M): in memory, or mapped from the temporary file."""
-        if self._k is None:
-            if self.in_memory:
-                self._k = np.concatenate(self._blocks) if self._blocks else np.zeros((0, self.n_columns))
-                self._blocks = [self._k]
-            else:
-                self._k = self._spill.array()
-        return self._k
-
-    def blocks(self, block_bytes: int = 1 << 25):
-        """Row slices of about ``block_bytes`` of K each."""
-        step = max(1, block_bytes // (8 * max(self.n_columns, 1)))
-        for start in range(0, self.rows, step):
-            yield slice(start, min(start + step, self.rows))
-
-    @property
-    def nbytes(self) -> float:
-        return 8.0 * self.rows * self.n_columns
-
-
-class _NoSolve:
-    """A sink that drops the rows (held-out frames are only cached, never solved for)."""
-
-    def add(self, k, y, sigma) -> None:
-        pass
 
 
 @dataclass
@@ -126,7 +48,6 @@ class RefitProblem:
     """What a refit needs of a finished fit: its context (coordinates, σ rules, e0, data) and its rows."""
 
     def __init__(self, ctx, cache: KernelRowCache):
-        from ..kernels.covariance import k_mm
         self.ctx = ctx
         self.cache = cache
         self.comm = ctx.comm
@@ -170,23 +91,19 @@ class RefitProblem:
 
     # --- the solve ---------------------------------------------------------------------------
     def solve(self, table, deltas: Sequence[float], jitter: float, exclude_frames=None) -> Solved:
-        """Collective: fold the new K_MM factor and the cached rows (less ``exclude_frames``) and solve."""
-        from ..solve.linear_system import log_u_diag
-        from ..linalg.serial import cholesky_upper
-        from ..linalg.triangular import TriangularFactor, reduce_factors
-        comm, m = self.comm, self.ctx.n_sparse
+        """Collective: fold the new K_MM factor and the cached rows (less ``exclude_frames``) and solve
+        (:class:`gapfit.solve.fold.FoldAndSolve`, as the streaming fit)."""
+        m = self.ctx.n_sparse
         scale = self.column_scale(deltas)
-        factor = TriangularFactor(m)
+        system = FoldAndSolve(self.comm, m)
 
-        def factor_k_mm():
+        def cholesky():
             root = np.sqrt(scale)
             k_mm = self.k_mm_unit * root[:, None] * root[None, :]
             k_mm[np.diag_indices(m)] += jitter
-            u = cholesky_upper(k_mm, jitter)
-            factor.add_rows(np.hstack([u, np.zeros((m, 1))]))
-            return log_u_diag(u)
+            return cholesky_upper(k_mm, jitter)
 
-        log_u = rank0_only(comm, factor_k_mm)
+        system.fold_k_mm(cholesky)
         cache = self.cache
         keep = None if exclude_frames is None else ~np.isin(cache.frame, exclude_frames)
         for rows in cache.blocks():
@@ -197,32 +114,22 @@ class RefitProblem:
                 mask = keep[rows]
                 k, y, sigma = k[mask], y[mask], sigma[mask]
             if y.size:
-                factor.add(k, y, sigma)
-        total = reduce_factors(comm, factor) if comm.size > 1 else factor
-
-        def solve_total():
-            alpha, residual = total.solve()
-            return alpha, log_marginal_likelihood(residual ** 2, total.log_abs_r_diag(), log_u, *total.data_stats)
-
-        alpha, lml = rank0_call(comm, solve_total)
-        return Solved(alpha=alpha, r=total.r_factor() if comm.rank == 0 else None, log_likelihood=float(lml),
-                      column_scale=scale)
+                system.factor.add(k, y, sigma)
+        solved = system.solve()
+        return Solved(alpha=solved.alpha, r=solved.factor.r_factor() if self.comm.rank == 0 else None,
+                      log_likelihood=float(solved.log_likelihood), column_scale=scale)
 
     # --- errors from cached rows -------------------------------------------------------------
     def rows_of(self, source, log=None) -> KernelRowCache:
         """Collective: a cache of the unscaled K rows of another data set (held-out frames)."""
-        from ..data.distribute import assign_frames
-        from ..data.targets import frame_labels
-        from ..solve.linear_system import _produce
         entries, _ = source.index()
-        rows = np.array([frame_labels(e.info, {**dict.fromkeys(e.array_names), **e.logical_arrays}, e.n_atoms,
-                                      self.ctx.names, f"frame {e.index + 1}").n_rows for e in entries], dtype=np.int64)
+        rows = np.array([entry_labels(e, self.ctx.names, f"frame {e.index + 1}").n_rows for e in entries],
+                        dtype=np.int64)
         owner = assign_frames(rows, self.comm.size)
         mine = np.nonzero(owner == self.comm.rank)[0]
         cache = KernelRowCache(self.ctx.n_sparse, int(rows[mine].sum()))
-        from dataclasses import replace
         ctx = replace(self.ctx, source=source, entries=entries, row_cache=cache, log=log or self.ctx.log)
-        _produce(ctx, _NoSolve(), {}, mine, int(rows[mine].sum()))
+        produce_rows(ctx, Discard(), {}, mine, int(rows[mine].sum()))
         return cache
 
     def errors(self, cache: KernelRowCache, solved: Solved, exclude=None, only_frames=None) -> dict:

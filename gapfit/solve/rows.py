@@ -5,8 +5,7 @@ kernel rows K_NM of their targets with the targets y and their σ.  A chunk hold
 descriptor gradients of a few MB of frames only; they are never kept for the whole data set.
 A frame too big for one chunk is split by centre atom (the rows are sums over instances).
 
-A sink takes the chunks: :class:`DenseRows` writes Σ^-1/2 K_NM and Σ^-1/2 y into this rank's
-rows of the dense A and b.
+A sink takes the chunks (:mod:`gapfit.solve.sinks`); :func:`produce` puts a rank's frames into one.
 """
 
 from __future__ import annotations
@@ -14,10 +13,11 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Iterator, List, Tuple
+from typing import Any, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
+from ..config.targets import SigmaTable, TargetNames
 from ..data.targets import frame_rows
 from ..descriptors.neighbours import neighbour_list
 from ..errors import DataError
@@ -47,17 +47,41 @@ class ChunkLabels:
                    frames=list(frames), n_atoms=list(n_atoms), config_types=[fr.config_type for fr in frame_rows_list])
 
 
-def kernel_row_chunks(source, entries, my_frames, coords, names, sigmas, e0, sigma_per_atom, max_cutoff, n_columns,
-                      log, stats, n_rows, core=None, chunk_bytes: float = CHUNK_BYTES,
-                      offsets=None) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray, ChunkLabels]]:
-    """Yield ``(k, y, sigma, labels)`` for consecutive frames of ``my_frames``: K_NM rows (unscaled), targets,
-    σ, and what the rows are (:class:`ChunkLabels`: their frames' indices in ``labels.frames``).  A chunk ends at a frame boundary once its
-    descriptor gradients and K rows take ``chunk_bytes`` (a bigger frame is split by centre atom).
+@dataclass(frozen=True)
+class RowPlan:
+    """What the producer needs to make the K_NM rows of any frames of a data set: where the frames are,
+    their targets' names and σ rules, e0 and the core, the coordinates (M columns, and the e0 offsets'
+    of e0_method=joint), and the chunk size."""
 
-    The targets are net of the ``core`` potential, if any.  With ``offsets`` (e0_method=joint), each
-    energy row also holds its frame's atom count of each species, in the offsets' columns.  ``stats`` collects descriptor and
-    kernel seconds and GEMM flops; rank 0's progress over its ``n_rows`` rows goes to ``log``.
+    source: Any  # a gapfit.data.extxyz frame source
+    entries: Sequence[Any]  # its frames' index entries
+    coords: Sequence[Any]  # gapfit.kernels.covariance.Coordinate, with their sparse points
+    names: TargetNames
+    sigmas: SigmaTable
+    e0: np.ndarray
+    sigma_per_atom: bool
+    max_cutoff: float
+    n_columns: int
+    core: Any = None  # gapfit.data.core.GluePotential
+    offsets: Any = None  # gapfit.data.e0.SpeciesOffsets
+    chunk_bytes: float = CHUNK_BYTES
+
+
+def kernel_row_chunks(plan: RowPlan, my_frames, log, stats,
+                      n_rows) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray, ChunkLabels]]:
+    """Yield ``(k, y, sigma, labels)`` for consecutive frames of ``my_frames``: K_NM rows (unscaled), targets,
+    σ, and what the rows are (:class:`ChunkLabels`: their frames' indices in ``labels.frames``).  A chunk
+    ends at a frame boundary once its descriptor gradients and K rows take ``plan.chunk_bytes`` (a bigger
+    frame is split by centre atom).
+
+    The targets are net of the core potential, if any.  With e0 offsets (e0_method=joint), each energy
+    row also holds its frame's atom count of each species, in the offsets' columns.  ``stats`` collects
+    descriptor and kernel seconds and GEMM flops; rank 0's progress over its ``n_rows`` rows goes to ``log``.
     """
+    source, entries, coords, names, sigmas = plan.source, plan.entries, plan.coords, plan.names, plan.sigmas
+    e0 = plan.e0
+    sigma_per_atom, max_cutoff, n_columns, core = plan.sigma_per_atom, plan.max_cutoff, plan.n_columns, plan.core
+    chunk_bytes, offsets = plan.chunk_bytes, plan.offsets
     if os.environ.get("GAPFIT_INJECT_FAILURE_RANK", "") == str(getattr(log, "rank", 0)):
         # test hook: a failure on one rank only (tests/test_mpi.py checks the job aborts cleanly)
         raise DataError("injected failure on this rank (GAPFIT_INJECT_FAILURE_RANK)")
@@ -136,21 +160,14 @@ def kernel_row_chunks(source, entries, my_frames, coords, names, sigmas, e0, sig
             yield take_pending()
 
 
-class DenseRows:
-    """The sink of the dense path: Σ^-1/2 K_NM and Σ^-1/2 y into this rank's rows of A and b."""
-
-    def __init__(self, a_local: np.ndarray, b_local: np.ndarray):
-        self.a_local, self.b_local = a_local, b_local
-        self.rows = 0  # rows filled so far
-        self.data_stats = np.zeros(2)  # rows and Σ log σ (for the log marginal likelihood)
-
-    def add(self, k: np.ndarray, y: np.ndarray, sigma: np.ndarray) -> None:
-        n = y.size
-        self.data_stats += (n, float(np.sum(np.log(sigma))))
-        k /= sigma[:, None]
-        self.a_local[self.rows:self.rows + n] = k
-        self.b_local[self.rows:self.rows + n] = y / sigma
-        self.rows += n
+def produce(plan: RowPlan, sink, frames, log, stats, n_rows, after_chunk=None) -> bool:
+    """Every chunk of K_NM rows of ``frames`` into ``sink`` (:mod:`gapfit.solve.sinks`); ``after_chunk(frame_ids)``
+    may stop early (True): then False is returned."""
+    for k, y, sigma, labels in kernel_row_chunks(plan, frames, log, stats, n_rows):
+        sink.add(k, y, sigma, labels)
+        if after_chunk is not None and after_chunk(labels.frames):
+            return False
+    return True
 
 
 def _bytes_per_atom(coords, frame, nl, grad):
