@@ -10,7 +10,6 @@ __version__ = "0.1.0"
 
 from .errors import ConfigError, DataError, GapfitError, ModelError, NumericalError  # noqa: F401
 
-
 #: the API's names, imported when first used: ``import gapfit`` stays cheap (no SciPy, no MPI) for the
 #: CLI's error paths
 _LAZY = {

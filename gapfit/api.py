@@ -23,7 +23,12 @@ from .data.extxyz import MemorySource, XyzFileSource
 from .data.targets import TargetNames
 from .errors import ConfigError
 from .fit.pipeline import FitResult, configure, run_fit  # noqa: F401 (FitResult: part of the API)
+from .model.calculator import GapCalculator, GapPotential
+from .model.committee import sample_models
 from .model.gap_xml import write_model
+from .model.scores import ErrorTable, score_frames
+from .model.tuning import (Objective, ScanResult, base_settings, best_index, evaluate_point, grid_points,
+                           optimise_settings, refit_model, settings)
 from .options.syntax import join_argv, quote_value
 from .options.top_level import parse_top_level
 from .runtime.parallel import SerialComm
@@ -161,7 +166,6 @@ class GapFit:
         return self._problem
 
     def _current_settings(self):
-        from .model.tuning import base_settings
         return self._settings or base_settings(self._refit_problem())
 
     def refit(self, **keys) -> "GapFit":
@@ -172,7 +176,6 @@ class GapFit:
         Costs a QR: the cached kernel rows are rescaled.  Equal to a fit from scratch with those
         options (the sparse points and e0 are this fit's).  Collective under MPI.
         """
-        from .model.tuning import refit_model, settings
         problem = self._refit_problem()
         chosen = settings(problem, self._current_settings(), **keys)
         model, solved = refit_model(problem, self.model_, chosen)
@@ -192,7 +195,6 @@ class GapFit:
         "virial", on ``validation`` frames or by ``folds``-fold cross-validation.  Returns a
         :class:`gapfit.model.tuning.ScanResult`: the table, the best point, and the best model refitted.
         """
-        from .model.tuning import Objective, ScanResult, best_index, evaluate_point, grid_points
         problem = self._refit_problem()
         evaluate = Objective(problem, objective, _source_or_none(validation), folds, seed)
         rows = [evaluate_point(problem, self._current_settings(), point, evaluate) for point in grid_points(grid)]
@@ -206,7 +208,6 @@ class GapFit:
         force_sigma, virial_sigma, sparse_jitter, or delta of a one-descriptor fit) by Nelder–Mead in
         log space, from this fit's values.  Returns a :class:`gapfit.model.tuning.ScanResult` of every
         evaluation."""
-        from .model.tuning import Objective, ScanResult, optimise_settings
         problem = self._refit_problem()
         evaluate = Objective(problem, objective, _source_or_none(validation), folds, seed)
         rows, point = optimise_settings(problem, self._current_settings(), list(keys), evaluate, max_evaluations)
@@ -216,7 +217,6 @@ class GapFit:
         """``n`` models with α drawn from the posterior N(α, (AᵀA)⁻¹) as α + R⁻¹ε (GapModel each;
         write them with :func:`gapfit.model.gap_xml.write_model`, evaluate them with
         :class:`gapfit.model.committee.CommitteeCalculator`)."""
-        from .model.committee import sample_models
         if getattr(self, "model_", None) is None:
             raise RuntimeError("fit first: there is no fitted model")
         return sample_models(self.model_, self.r_, n, seed, self.comm, offsets=getattr(self, "_e0_offsets", None),
@@ -232,7 +232,6 @@ class GapFit:
         """The fitted model's errors on labelled ``frames`` (a path or a list of ase.Atoms), one dict
         per config_type and one "overall" (definitions: :mod:`gapfit.model.scores`).  The reference values
         are found under the fit's ``*_parameter_name`` keys unless ``names`` gives others."""
-        from .model.scores import ErrorTable, score_frames
         unknown = sorted(set(names) - set(TargetNames.OPTION_KEYS))
         if unknown:
             raise ConfigError(f"score: unknown key '{unknown[0]}' (the keys are {', '.join(TargetNames.OPTION_KEYS)})")
@@ -241,7 +240,6 @@ class GapFit:
         return score_frames(self._potential(), source.read(_all(source)), target_names, ErrorTable()).rows()
 
     def _potential(self):
-        from .model.calculator import GapPotential
         if getattr(self, "model_", None) is None:
             raise RuntimeError("fit (or extend) first: there is no fitted model")
         if getattr(self, "_potential_cache", None) is None or self._potential_cache.model is not self.model_:
@@ -254,7 +252,6 @@ class GapFit:
 
     def calculator(self):
         """An ASE calculator for the fitted model (no file needed)."""
-        from .model.calculator import GapCalculator
         return GapCalculator(model=self.model_)
 
 

@@ -16,6 +16,7 @@ import traceback
 from . import __version__
 from .errors import ConfigError, GapfitError
 
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ("-h", "--help", "help"):

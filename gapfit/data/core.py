@@ -21,6 +21,8 @@ import re
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from ase.data import chemical_symbols
+from lxml import etree
 
 from ..config.targets import parse_ip_args
 from ..descriptors.neighbours import neighbour_list
@@ -127,7 +129,6 @@ class GluePotential:
     ip = "Glue"
 
     def __init__(self, xml_text: str, label: str = "", source: str = "the Glue parameters"):
-        from lxml import etree
 
         self.source, self.label = source, label
         text = re.sub(r"^\s*<\?xml[^>]*\?>", "", xml_text)
@@ -210,7 +211,6 @@ class GluePotential:
 
     def check_species(self, species: Sequence[int], what: str) -> None:
         """Refuse data with elements the core does not describe (QUIP would give them no core energy)."""
-        from ase.data import chemical_symbols
         missing = [z for z in species if z not in self.type_of]
         if missing:
             names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in missing)

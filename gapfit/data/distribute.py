@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+
 @dataclass
 class Distribution:
     """Which rank owns which frame, and which rows of U each rank holds."""

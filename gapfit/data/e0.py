@@ -12,14 +12,13 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import scipy.linalg as sla
 from ase.data import chemical_symbols
 
 from ..config.targets import N_ELEMENTS, E0Rule, TargetNames
 from ..errors import DataError
 from .extxyz import Frame, FrameIndex
 from .targets import energy_of
-
-
 
 
 def isolated_atom_energies(single_atom_frames: Sequence[Frame], names: TargetNames, max_cutoff: float,
@@ -58,7 +57,6 @@ def compute_e0(rule: E0Rule, entries: Sequence[FrameIndex], single_atom_frames: 
         found = isolated_atom_energies(single_atom_frames, names, max_cutoff, neighbour_list)
         missing = [z for z in species if z not in found]
         if missing:
-            from ase.data import chemical_symbols
             sym = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in missing)
             raise DataError(f"e0_method=isolated needs a single-atom frame with '{names.energy}' and no neighbour "
                             f"within {max_cutoff} Å for every species; none for {sym}. "
@@ -127,7 +125,6 @@ def _least_squares_e0(composition, energies, species, method="least_squares") ->
     below the number of species, e0 is the minimum-norm solution (on one-compound data, every
     species gets the mean energy per atom) and a warning says so.
     """
-    import scipy.linalg as sla
     n_atoms = composition.sum(axis=1)
     if energies.size == 0:
         return np.zeros(len(species)), "e0 = 0 (no energies to fit e0 to)", ""

@@ -17,6 +17,7 @@ ASE we accept a 6-component (Voigt) ``stress``, as gap_fit does.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
+from ase.io import write
 
 from ..descriptors.neighbours import coincident_atoms
 from ..errors import DataError
@@ -539,8 +541,6 @@ class MemorySource:
             yield self.frames[e.index]
 
     def text_lines(self) -> List[str]:
-        import io
-        from ase.io import write
         buf = io.StringIO()
         try:
             write(buf, list(self._atoms), format="extxyz")

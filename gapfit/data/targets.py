@@ -15,7 +15,6 @@ The rules follow gap_fit (``gap_fit_module.F90``; interface notes §3):
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -260,7 +259,7 @@ def frame_rows(frame: Frame, names: TargetNames, sigmas: SigmaTable, e0: np.ndar
     first (as gap_fit does), then e0.
     """
     where = frame.where
-    info, arrays = frame.info, frame.arrays
+    info = frame.info
     n = len(frame)
     targets = frame_targets(frame, names)
     labels, force_atoms = targets.labels, targets.force_atoms
@@ -286,27 +285,10 @@ def frame_rows(frame: Frame, names: TargetNames, sigmas: SigmaTable, e0: np.ndar
         kinds.append(np.array([0 if override is None else 3], dtype=np.int8))
 
     if labels.has_forces:
-        f_sigma = np.full((n, 3), group[1])
-        override = lookup(info, f"force_{s}")
-        if override is not None:
-            f_sigma[:] = _scalar(override, f"force_{s}", where)
-        atom_sigma = lookup(arrays, f"force_atom_{s}")
-        if atom_sigma is not None:
-            atom_sigma = np.asarray(atom_sigma, dtype=float).reshape(-1)
-            f_sigma[:] = atom_sigma[:, None]
-        comp_sigma = lookup(arrays, f"force_component_{s}")
-        if comp_sigma is not None:
-            f_sigma = np.asarray(comp_sigma, dtype=float).reshape(n, 3)
-        f_sigma = f_sigma[force_atoms]
-        if f_sigma.size and not np.all(f_sigma > 0):
-            bad = int(np.argwhere(~(f_sigma > 0))[0, 0])
-            raise DataError(f"{where}: the force σ of atom {force_atoms[bad] + 1} is {f_sigma[bad].min()} "
-                            f"(it must be greater than 0; check default_sigma, config_type_sigma or force_*_{s})")
-        forces = targets.forces - base["forces"] if base else targets.forces
-        y.append(-forces[force_atoms].reshape(-1))
-        sig.append(f_sigma.reshape(-1))
-        own = override is not None or atom_sigma is not None or comp_sigma is not None
-        kinds.append(np.full(f_sigma.size, 4 if own else 1, dtype=np.int8))
+        f_y, f_sigma, f_kind = _force_rows(frame, targets, base, group[1], s)
+        y.append(f_y)
+        sig.append(f_sigma)
+        kinds.append(f_kind)
 
     if labels.has_virial:
         w = targets.virial
@@ -335,6 +317,33 @@ def frame_rows(frame: Frame, names: TargetNames, sigmas: SigmaTable, e0: np.ndar
                      has_virial=labels.has_virial,
                      sigma_kind=np.concatenate(kinds) if kinds else np.zeros(0, dtype=np.int8),
                      config_type=labels.config_type)
+
+
+def _force_rows(frame: Frame, targets: FrameTargets, base, group_sigma: float, s: str):
+    """The force rows of a frame: −F (net of the core) of the atoms with fitted forces, their σ
+    (per-frame, per-atom and per-component overrides over the group's), and their σ rule."""
+    where, info, arrays, n = frame.where, frame.info, frame.arrays, len(frame)
+    force_atoms = targets.force_atoms
+    f_sigma = np.full((n, 3), group_sigma)
+    override = lookup(info, f"force_{s}")
+    if override is not None:
+        f_sigma[:] = _scalar(override, f"force_{s}", where)
+    atom_sigma = lookup(arrays, f"force_atom_{s}")
+    if atom_sigma is not None:
+        atom_sigma = np.asarray(atom_sigma, dtype=float).reshape(-1)
+        f_sigma[:] = atom_sigma[:, None]
+    comp_sigma = lookup(arrays, f"force_component_{s}")
+    if comp_sigma is not None:
+        f_sigma = np.asarray(comp_sigma, dtype=float).reshape(n, 3)
+    f_sigma = f_sigma[force_atoms]
+    if f_sigma.size and not np.all(f_sigma > 0):
+        bad = int(np.argwhere(~(f_sigma > 0))[0, 0])
+        raise DataError(f"{where}: the force σ of atom {force_atoms[bad] + 1} is {f_sigma[bad].min()} "
+                        f"(it must be greater than 0; check default_sigma, config_type_sigma or force_*_{s})")
+    forces = targets.forces - base["forces"] if base else targets.forces
+    own = override is not None or atom_sigma is not None or comp_sigma is not None
+    return (-forces[force_atoms].reshape(-1), f_sigma.reshape(-1),
+            np.full(f_sigma.size, 4 if own else 1, dtype=np.int8))
 
 
 # --------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import importlib
 from typing import Dict, Tuple
 
 from ..errors import ConfigError
+from ..options.schema import did_you_mean
 from .base import Descriptor, DescriptorValues  # noqa: F401
 
 # keyword -> (module, class)
@@ -47,7 +48,6 @@ def find_type(keys, where: str) -> str:
     if unsupported:
         raise ConfigError(f"descriptor '{unsupported[0]}' {where} is not implemented in gapfit "
                           f"(available: {', '.join(REGISTRY)})")
-    from ..options.schema import did_you_mean
     hint = ""
     for key in keys:
         hint = did_you_mean(key, list(REGISTRY) + list(QUIP_ONLY))

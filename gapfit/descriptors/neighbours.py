@@ -44,8 +44,10 @@ neighbour1) gives the final order.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 _INT_MIN = -(2**31)
 _CHUNK = 1 << 21  # candidate pairs processed at once
@@ -161,7 +163,6 @@ def _fma(a, b, c):
     naive = ~np.isfinite(r) | ~np.isfinite(e)
     r = np.where(naive, a * b + c, r)
     if unsure.any():
-        from fractions import Fraction
         r = np.array(r, copy=True)
         for k in zip(*np.nonzero(unsure & ~naive)):
             r[k] = float(Fraction(float(a[k])) * Fraction(float(b[k])) + Fraction(float(c[k])))
@@ -266,21 +267,7 @@ def neighbour_list(positions, cell, pbc, cutoff) -> NeighbourList:
     if not cutoff > 0 or n_atoms == 0:
         return _empty(n_atoms, cutoff)
 
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        lat_eff, lat_eff_inv, lat_offset = _lat_eff(cell, pbc, positions)
-        ncell = _divide_cell(lat_eff, cutoff)                      # (Na, Nb, Nc)
-        n_img = np.maximum(1, (_fit_box_in_cell(cutoff, cell) + 1) // 2)
-
-        # partition_atoms / cell_of_pos
-        lat_pos = _matvec(lat_eff_inv, positions) - lat_offset
-        map_shift = -_f2i(np.floor(lat_pos + 0.5))
-        map_shift[:, ~pbc] = 0
-        # non-finite lat_pos (only for a singular effective lattice) gives the same
-        # garbage map_shift to every atom, which cancels in the bond shift
-        map_shift[~np.isfinite(lat_pos)] = 0
-        lat_pos = lat_pos + map_shift
-        cidx = _f2i(np.floor(ncell * (lat_pos + 0.5))) + 1
-        cidx = np.clip(cidx, 1, ncell) - 1                          # 0-based (a, b, c) cell
+    ncell, n_img, map_shift, cidx = _partition_atoms(positions, cell, pbc, cutoff)
     na, nb, nc = (int(x) for x in ncell)
     cell_id = (cidx[:, 2] * nb + cidx[:, 1]) * na + cidx[:, 0]
 
@@ -327,9 +314,30 @@ def neighbour_list(positions, cell, pbc, cutoff) -> NeighbourList:
     bounds = np.unique(np.concatenate([[0], bounds, [len(cnt)]]))
     parts = [_bonds(positions, cell, cutoff, order, map_shift, a1[lo:hi], o[lo:hi], img[lo:hi], start[lo:hi], cnt[lo:hi])
              for lo, hi in zip(bounds[:-1], bounds[1:])]
-    ii, jj, shift, dd, d = (np.concatenate([q[k] for q in parts]) for k in range(5))
+    return _in_quip_order(n_atoms, cutoff, *(np.concatenate([q[k] for q in parts]) for k in range(5)))
 
-    # neighbour1(ii) entries and neighbour2(jj) references, then QUIP's per-atom order
+
+def _partition_atoms(positions, cell, pbc, cutoff):
+    """QUIP's link cells (partition_atoms, cell_of_pos): the cells per lattice direction, the images to
+    search, each atom's shift into the cell and its (a, b, c) cell (0-based)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        lat_eff, lat_eff_inv, lat_offset = _lat_eff(cell, pbc, positions)
+        ncell = _divide_cell(lat_eff, cutoff)                      # (Na, Nb, Nc)
+        n_img = np.maximum(1, (_fit_box_in_cell(cutoff, cell) + 1) // 2)
+        lat_pos = _matvec(lat_eff_inv, positions) - lat_offset
+        map_shift = -_f2i(np.floor(lat_pos + 0.5))
+        map_shift[:, ~pbc] = 0
+        # non-finite lat_pos (only for a singular effective lattice) gives the same
+        # garbage map_shift to every atom, which cancels in the bond shift
+        map_shift[~np.isfinite(lat_pos)] = 0
+        lat_pos = lat_pos + map_shift
+        cidx = _f2i(np.floor(ncell * (lat_pos + 0.5))) + 1
+        cidx = np.clip(cidx, 1, ncell) - 1                          # 0-based (a, b, c) cell
+    return ncell, n_img, map_shift, cidx
+
+
+def _in_quip_order(n_atoms, cutoff, ii, jj, shift, dd, d) -> NeighbourList:
+    """Each bond as neighbour1 of ii and (another atom's) neighbour2 of jj, in QUIP's per-atom order."""
     other = ii != jj
     centre = np.concatenate([ii, jj[other]])
     part = np.concatenate([np.ones(len(ii), dtype=np.int64), np.zeros(int(other.sum()), dtype=np.int64)])
@@ -339,7 +347,6 @@ def neighbour_list(positions, cell, pbc, cutoff) -> NeighbourList:
     s_out = np.concatenate([shift, -shift[other]])[perm]
     diff = np.concatenate([dd, -dd[other]])[perm]
     dist = np.concatenate([d, d[other]])[perm]
-
     offsets = np.zeros(n_atoms + 1, dtype=np.int64)
     np.cumsum(np.bincount(i_out, minlength=n_atoms), out=offsets[1:])
     return NeighbourList(i_out.astype(np.int64), j_out.astype(np.int64), s_out.astype(np.int64),
@@ -353,7 +360,6 @@ def coincident_atoms(positions, cell, pbc, tol=0.01):
     data (a duplicated line, a bad merge), which gap_fit would fit silently.  A k-d tree on the
     wrapped positions plus the images of the atoms within ``tol`` of a periodic face.
     """
-    from scipy.spatial import cKDTree
 
     positions = np.asarray(positions, dtype=float)
     n = positions.shape[0]

@@ -15,7 +15,8 @@ import math
 
 import numpy as np
 import scipy.linalg
-from scipy.special import erf, gammainc, gamma as gamma_function
+from scipy.special import erf, gammainc
+from scipy.special import gamma as gamma_function
 
 
 class RadialBasis:

@@ -8,6 +8,7 @@ from ase.data import chemical_symbols
 
 from .. import __version__
 from ..config.fit_config import FitConfig
+from ..linalg.scalapack import scalapack_info
 from ..options.top_level import TOP_LEVEL
 from ..runtime.report import Reporter
 from .preflight import FitSetup
@@ -17,7 +18,6 @@ def banner(log: Reporter, config: FitConfig, comm, setup: FitSetup) -> None:
     log(f"gapfit {__version__} — Gaussian Approximation Potential fitting (a gap_fit clone)")
     log(f"  processes: {comm.size}" + ("" if comm.size == 1 else f" (MPI: {comm.library})"))
     if comm.size > 1:
-        from ..linalg.scalapack import scalapack_info
         log("  " + scalapack_info(comm)["text"] + " (block sizes once M is known: mpi_blocksize_rows/cols)")
     else:
         log("  solver: LAPACK QR (one process; run under mpirun for ScaLAPACK)")

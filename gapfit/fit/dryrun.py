@@ -7,8 +7,8 @@ import numpy as np
 from ..data.distribute import assign_frames
 from ..descriptors.neighbours import neighbour_list
 from ..kernels.covariance import DEFAULT_BLOCK_BYTES
-from ..runtime.report import human_bytes, peak_rss_bytes
 from ..runtime.memory import available_memory
+from ..runtime.report import human_bytes, peak_rss_bytes
 from ..solve.linear_system import streaming_bytes
 from ..solve.rows import CHUNK_BYTES
 from ..sparse.candidates import CANDIDATE_METHODS, candidate_passes

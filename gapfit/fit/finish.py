@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import __version__
 from ..config.fit_config import FitConfig
+from ..kernels.functions import THETA_KERNELS
 from ..model.calculator import GapPotential
 from ..model.gap_xml import CoordinateModel, GapModel, array_file_bytes, write_model
 from ..model.refit import RefitProblem
@@ -114,7 +115,7 @@ def gap_model(config: FitConfig, setup: FitSetup, sparse: SparsePoints, alphas: 
             descriptor=c.spec.piece, covariance_type=k.covariance_type, delta=c.spec.gp.delta,
             f0=c.spec.gp.f0, sparse_x=k.sparse_x, alpha=np.asarray(alpha), sparse_cutoff=c.sparse_cutoff,
             theta=getattr(k, "theta", None), zeta=getattr(k, "zeta", None),
-            permutations=c.descriptor.permutations if k.covariance_type in (1, 4) else None))
+            permutations=c.descriptor.permutations if k.covariance_type in THETA_KERNELS else None))
     core = config.targets.core
     return GapModel(label=setup.label, e0=e0, coordinates=cms, fitted=fitted, command_line=sparse.command_line,
                     xyz_lines=xyz_lines, core_ip_args=core.ip_args if core is not None else "",

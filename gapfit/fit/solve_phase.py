@@ -13,7 +13,9 @@ from ..config.fit_config import FitConfig
 from ..data.e0 import SpeciesOffsets
 from ..runtime.report import Reporter, human_bytes
 from ..solve.checkpoint import CheckpointRun
-from ..solve.linear_system import FitContext, Solution, choose_path, solve
+from ..solve.dense import solve_dense
+from ..solve.linear_system import FitContext, Solution, choose_path
+from ..solve.streaming import solve_streaming
 from ..solve.sinks import KernelRowCache
 from .preflight import FitSetup
 from .sparse_phase import SparsePoints
@@ -55,7 +57,7 @@ def solve_phase(config: FitConfig, setup: FitSetup, data: TrainingData, sparse: 
                      frame_rows=data.frame_rows, coords=sparse.coords, e0=sparse.e0, max_cutoff=data.max_cutoff,
                      core=setup.core, species=species, row_cache=cache, offsets=offsets, rnd_seed=sparse.seed)
     stats: Dict[str, float] = {}
-    solution = solve(ctx, path, stats, run)
+    solution = solve_dense(ctx, stats) if path == "dense" else solve_streaming(ctx, stats, run)
     alphas = tuple(solution.alpha[c.column:c.column + c.n_sparse] for c in sparse.coords)
     e0 = sparse.e0
     if offsets is not None:

@@ -16,8 +16,7 @@ from ..config.gaps import GapSpec, expand_species, parse_gap_piece
 from ..data.distribute import assign_frames
 from ..data.e0 import compute_e0
 from ..data.extxyz import FrameIndex
-from ..data.targets import (FrameLabels, entry_labels, frame_labels, frame_rows, species_in_order,
-                            unused_target_warnings)
+from ..data.targets import FrameLabels, entry_labels, frame_labels, frame_rows, species_in_order, unused_target_warnings
 from ..descriptors.neighbours import neighbour_list
 from ..errors import DataError
 from ..kernels.covariance import Coordinate

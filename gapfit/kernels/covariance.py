@@ -23,8 +23,8 @@ from typing import Optional, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from ..data.targets import VIRIAL_COMPONENTS, FrameRows
 from ..config.gaps import GapSpec
+from ..data.targets import VIRIAL_COMPONENTS, FrameRows
 from ..descriptors.base import Descriptor, DescriptorValues
 from .functions import Kernel
 
@@ -117,42 +117,51 @@ def k_nm_rows(coordinates: Sequence[Coordinate], frames_values: Sequence[Sequenc
         # derivative rows
         grads = [(f, v) for f, v in enumerate(vals) if v.has_grad and v.grad_desc.size
                  and (rows[f].force_atoms.size or rows[f].has_virial)]
-        if not grads:
-            continue
-        # the cutoffs c(x) c_s folded into the gradient factor: one pass over each block less
-        factor = kernel.gradient_factor(block) * cut[:, None] * sc[None, :]
-        inst_base = np.concatenate([[0], np.cumsum(n_inst)]).astype(np.int64)
-        block_rows = max(1, int(block_bytes // (3 * kernel.n_sparse * 8 * 2)))
-        for parts in _gradient_blocks(grads, block_rows):
-            # one block of gradient rows: a view into one frame's arrays, or a few small frames joined
-            desc = _join([inst_base[f] + v.grad_desc[lo:hi] for f, v, lo, hi in parts])
-            g_x = _join([v.grad_x[lo:hi] for _, v, lo, hi in parts])
-            g_cut = _join([v.grad_cutoff[lo:hi] for _, v, lo, hi in parts])
-            g_pos = _join([v.grad_pos[lo:hi] for _, v, lo, hi in parts])
-            g_atom = _join([atom_base[f] + v.grad_atom[lo:hi] for f, v, lo, hi in parts])
-            contrib = kernel.contract(block, desc, g_x, factor)  # (nb, 3, M): [∇k̃·∂x] c(x) c_s
-            if stats is not None:
-                stats["gemm_flops"] += 2.0 * 3 * desc.size * g_x.shape[2] * kernel.n_sparse
-            if np.any(g_cut):  # + k̃ ∂c c_s (soap's covariance cutoff is constant)
-                contrib += k_sc[desc][:, None, :] * g_cut[:, :, None]
-            # forces: each gradient row adds to its atom's row (a sparse 0/1 map onto the rows it touches)
-            force_rows = force_row_of_atom[g_atom]
-            touched = force_rows[force_rows >= 0]
-            if touched.size:
-                lo_row, hi_row = int(touched.min()), int(touched.max()) + 3
-                out[lo_row:hi_row, cols] += (_force_map(force_rows - lo_row, hi_row - lo_row)
-                                             @ contrib.reshape(-1, kernel.n_sparse))
-            # virials: W_lk = Σ_r pos_r,l C_r,k per frame, one small matrix product per frame
-            start = 0
-            for f, v, lo, hi in parts:
-                n = hi - lo
-                v0 = virial_start[f]
-                if v0 >= 0:
-                    w = (g_pos[start:start + n].T @ contrib[start:start + n].reshape(n, -1)).reshape(3, 3, -1)
-                    for v_index, (l, k) in enumerate(VIRIAL_COMPONENTS):
-                        out[v0 + v_index, cols] += w[l, k]
-                start += n
+        if grads:
+            inst_base = np.concatenate([[0], np.cumsum(n_inst)]).astype(np.int64)
+            _derivative_rows(out, cols, coord, block, k_sc, cut, grads, inst_base, atom_base, force_row_of_atom,
+                             virial_start, block_bytes, stats)
     return out
+
+
+def _derivative_rows(out, cols, coord, block, k_sc, cut, grads, inst_base, atom_base, force_row_of_atom,
+                     virial_start, block_bytes, stats) -> None:
+    """Add one coordinate's force and virial rows to ``out`` (columns ``cols``), a block of gradient rows
+    at a time: C_r,k = [∇k̃(x, s)·∂x/∂r_a,k] c(x) c_s + k̃(x, s) ∂c/∂r_a,k c_s, summed per atom (forces)
+    and weighted by the positions per frame (virials)."""
+    kernel, sc = coord.kernel, coord.sparse_cutoff
+    # the cutoffs c(x) c_s folded into the gradient factor: one pass over each block less
+    factor = kernel.gradient_factor(block) * cut[:, None] * sc[None, :]
+    block_rows = max(1, int(block_bytes // (3 * kernel.n_sparse * 8 * 2)))
+    for parts in _gradient_blocks(grads, block_rows):
+        # one block of gradient rows: a view into one frame's arrays, or a few small frames joined
+        desc = _join([inst_base[f] + v.grad_desc[lo:hi] for f, v, lo, hi in parts])
+        g_x = _join([v.grad_x[lo:hi] for _, v, lo, hi in parts])
+        g_cut = _join([v.grad_cutoff[lo:hi] for _, v, lo, hi in parts])
+        g_pos = _join([v.grad_pos[lo:hi] for _, v, lo, hi in parts])
+        g_atom = _join([atom_base[f] + v.grad_atom[lo:hi] for f, v, lo, hi in parts])
+        contrib = kernel.contract(block, desc, g_x, factor)  # (nb, 3, M): [∇k̃·∂x] c(x) c_s
+        if stats is not None:
+            stats["gemm_flops"] += 2.0 * 3 * desc.size * g_x.shape[2] * kernel.n_sparse
+        if np.any(g_cut):  # + k̃ ∂c c_s (soap's covariance cutoff is constant)
+            contrib += k_sc[desc][:, None, :] * g_cut[:, :, None]
+        # forces: each gradient row adds to its atom's row (a sparse 0/1 map onto the rows it touches)
+        force_rows = force_row_of_atom[g_atom]
+        touched = force_rows[force_rows >= 0]
+        if touched.size:
+            lo_row, hi_row = int(touched.min()), int(touched.max()) + 3
+            out[lo_row:hi_row, cols] += (_force_map(force_rows - lo_row, hi_row - lo_row)
+                                         @ contrib.reshape(-1, kernel.n_sparse))
+        # virials: W_lk = Σ_r pos_r,l C_r,k per frame, one small matrix product per frame
+        start = 0
+        for f, v, lo, hi in parts:
+            n = hi - lo
+            v0 = virial_start[f]
+            if v0 >= 0:
+                w = (g_pos[start:start + n].T @ contrib[start:start + n].reshape(n, -1)).reshape(3, 3, -1)
+                for v_index, (l, k) in enumerate(VIRIAL_COMPONENTS):
+                    out[v0 + v_index, cols] += w[l, k]
+            start += n
 
 
 def _join(arrays):

@@ -17,6 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 
+#: QUIP's integer codes of the kernels, written to the XML's covariance_type (gp_predict.F90)
+ARD_SE, DOT_PRODUCT, BOND_REAL_SPACE, PP = 1, 2, 3, 4
+#: the kernels with length scales θ (and permutations), by code
+THETA_KERNELS = (ARD_SE, PP)
+#: gapfit's name of each kernel it implements, by code
+KERNEL_NAMES = {ARD_SE: "ard_se", DOT_PRODUCT: "dot_product", PP: "pp"}
+
 
 class KernelBlock:
     """Kernel values of a block of descriptor vectors, plus what their gradients need."""
@@ -30,7 +37,7 @@ class KernelBlock:
 
 
 class Kernel:
-    covariance_type = 0  # QUIP's integer code written to the XML
+    covariance_type = 0  # QUIP's integer code written to the XML (ARD_SE, DOT_PRODUCT, PP)
 
     def __init__(self, delta: float, sparse_x: np.ndarray):
         self.delta = float(delta)
@@ -72,7 +79,7 @@ class Kernel:
 class ArdSeKernel(Kernel):
     """δ² exp(−½ Σ_d ((x_d − s_d)/θ_d)²) + f0²  (covariance_type 1; one permutation)."""
 
-    covariance_type = 1
+    covariance_type = ARD_SE
 
     def __init__(self, delta, sparse_x, theta, f0=0.0):
         super().__init__(delta, sparse_x)
@@ -124,7 +131,7 @@ class PpKernel(Kernel):
     −(j+1)(j+2)(1 − r)^j is finite at r = 0, so the gradient needs no special case there.
     """
 
-    covariance_type = 4
+    covariance_type = PP
 
     def __init__(self, delta, sparse_x, theta, f0=0.0):
         super().__init__(delta, sparse_x)
@@ -181,7 +188,7 @@ class PpKernel(Kernel):
 class DotProductKernel(Kernel):
     """δ² (x·s)^ζ  (covariance_type 2); no normalisation, no f0."""
 
-    covariance_type = 2
+    covariance_type = DOT_PRODUCT
 
     def __init__(self, delta, sparse_x, zeta):
         super().__init__(delta, sparse_x)
@@ -242,7 +249,7 @@ class PermutationKernel(Kernel):
         if any(not np.array_equal(theta[p], theta) for p in perms):
             raise ValueError("theta must be equal for the components the descriptor's permutations exchange")
         self.perms, self.f0 = perms, float(f0)
-        self.covariance_type = 1 if base_type == "ard_se" else 4
+        self.covariance_type = ARD_SE if base_type == "ard_se" else PP
         stacked = np.concatenate([self.sparse_x[:, p] for p in perms])  # (P·M, d): s∘P_p, block by block
         self.base = make_kernel(base_type, delta, stacked, theta=theta, f0=0.0)
         self.theta = self.base.theta

@@ -50,8 +50,10 @@ import numpy as np
 
 from .scalapack_library import (ENV_OVERRIDE, ScalapackError, ScalapackLibrary, ScalapackLoadError,  # noqa: F401
                                 ScalapackSizeError, limit_blas_threads, load_scalapack, scalapack_info)
+from .scalapack_sizes import (SINGULAR_ADVICE, check_int32_sizes, owned_global_rows, translate_info,
+                              workspace_estimates)
+from .serial import qr_solve as lapack_qr_solve
 
-INT32_MAX = 2**31 - 1
 DEFAULT_NB = 32  # gapfit's mpi_blocksize_cols default (gap_fit: 100)
 _CHECK_DIAG = True  # our own zero-diagonal test before pdtrtrs (tests switch it off to exercise pdtrtrs's info)
 
@@ -184,112 +186,6 @@ class BlacsGrid:
 # info codes
 
 
-_ARGS = {
-    "descinit": ["DESC", "M", "N", "MB", "NB", "IRSRC", "ICSRC", "ICTXT", "LLD", "INFO"],
-    "pdgeqrf": ["M", "N", "A", "IA", "JA", "DESCA", "TAU", "WORK", "LWORK", "INFO"],
-    "pdormqr": ["SIDE", "TRANS", "M", "N", "K", "A", "IA", "JA", "DESCA", "TAU", "C", "IC", "JC", "DESCC",
-                "WORK", "LWORK", "INFO"],
-    "pdtrtrs": ["UPLO", "TRANS", "DIAG", "N", "NRHS", "A", "IA", "JA", "DESCA", "B", "IB", "JB", "DESCB", "INFO"],
-}
-_DESC_ENTRIES = ["DTYPE", "CTXT", "M", "N", "MB", "NB", "RSRC", "CSRC", "LLD"]
-# Codes whose number does not follow the -(100*i + j) rule (hard-coded in ScaLAPACK's source).
-_SPECIAL = {
-    ("pdtrtrs", -904): "the descriptor of R needs square blocks (DESCA MB = NB); the NB=MB re-description was not applied",
-    ("pdtrtrs", -1304): "the descriptor of b needs MB equal to R's NB",
-}
-_SINGULAR_ADVICE = ("increase sparse_jitter, and check for duplicate sparse points or a descriptor "
-                    "whose values are all equal")
-
-
-def translate_info(routine, info, n_cols=None):
-    """A plain-English message for a ScaLAPACK ``info`` code."""
-    if info == 0:
-        return f"{routine}: success"
-    if info > 0:
-        if routine == "pdtrtrs":
-            where = f" of {n_cols}" if n_cols else ""
-            return (f"the QR factor R is singular: diagonal element {info}{where} is exactly zero "
-                    f"(ScaLAPACK pdtrtrs info={info}); {_SINGULAR_ADVICE}")
-        return f"ScaLAPACK {routine} failed with info={info}"
-    if (routine, info) in _SPECIAL:
-        return f"ScaLAPACK {routine} rejected its arguments (info={info}): {_SPECIAL[(routine, info)]}"
-    code = -info
-    names = _ARGS.get(routine, [])
-    if code > 100:
-        arg, entry = divmod(code, 100)
-        argname = names[arg - 1] if 0 < arg <= len(names) else f"#{arg}"
-        entname = _DESC_ENTRIES[entry - 1] if 0 < entry <= 9 else f"#{entry}"
-        what = f"entry {entry} ({entname}) of argument {arg} ({argname})"
-    else:
-        what = f"argument {code} ({names[code - 1]})" if 0 < code <= len(names) else f"argument {code}"
-    return (f"ScaLAPACK {routine} was called with an illegal value in {what} (info={info}); "
-            f"this is a bug in gapfit's call, please report it")
-
-
-# --------------------------------------------------------------------------------------------
-# Size checks
-
-
-def workspace_estimates(n_local_rows, n_cols, nb):
-    """Documented minimum LWORKs on a P×1 grid (Python ints): (pdgeqrf, pdormqr 'L' with one rhs)."""
-    mp0, nq0 = int(n_local_rows), int(n_cols)
-    geqrf = nb * (mp0 + nq0 + nb)
-    ormqr = max((nb * (nb - 1)) // 2, (1 + mp0) * nb) + nb * nb
-    return geqrf, ormqr
-
-
-def check_int32_sizes(n_procs, n_local_rows, n_cols, mb, nb, lwork=None, return_r=False):
-    """Raise :class:`ScalapackSizeError` if anything ScaLAPACK indexes with 32-bit ints overflows.
-
-    Checks (Python ints, before any call): global row count P·n_local_rows, n_cols, mb, nb,
-    the local leading dimension, the local element counts of A (n_local_rows·n_cols) and of
-    its (n_local_rows+mb)·n_cols bound, the documented workspace sizes of pdgeqrf and
-    pdormqr, any ``lwork`` values given (a dict name → value, e.g. from the queries), and
-    with ``return_r`` the n_cols² elements gathered for R.
-    """
-    P, nl, n, mb, nb = (int(v) for v in (n_procs, n_local_rows, n_cols, mb, nb))
-    geqrf, ormqr = workspace_estimates(nl, n, nb)
-    more_ranks = "use more MPI ranks (fewer rows per rank)"
-    smaller_nb = "use a smaller mpi_blocksize_cols (nb) or more MPI ranks"
-    items = [
-        ("global row count P*n_local_rows", P * nl, "use fewer rows per rank (smaller padding) — the global "
-         "count itself is limited, so reduce the data or the number of sparse points"),
-        ("number of columns n_cols", n, "use fewer sparse points"),
-        ("local row count / leading dimension", nl, more_ranks),
-        ("row block size mb", mb, "use a smaller mpi_blocksize_rows"),
-        ("column block size nb", nb, smaller_nb),
-        ("local elements of A (n_local_rows*n_cols)", nl * n, more_ranks),
-        ("local index bound (n_local_rows+mb)*n_cols", (nl + mb) * n, more_ranks + " or a smaller mpi_blocksize_rows"),
-        ("pdgeqrf workspace nb*(n_local_rows+n_cols+nb)", geqrf, smaller_nb),
-        ("pdormqr workspace", ormqr, smaller_nb),
-    ]
-    if return_r:
-        items.append(("elements of R gathered on rank 0 (n_cols^2)", n * n,
-                      "use fewer sparse points or do not export the covariance"))
-    for name, value in (lwork or {}).items():
-        items.append((name, int(value), smaller_nb))
-    bad = [(name, value, advice) for name, value, advice in items if value > INT32_MAX]
-    if bad:
-        name, value, advice = bad[0]
-        others = f" (so do: {', '.join(f'{b[0]} = {b[1]}' for b in bad[1:])})" if len(bad) > 1 else ""
-        raise ScalapackSizeError(
-            f"ScaLAPACK uses 32-bit integers and the {name} = {value} exceeds 2^31-1{others} "
-            f"(P={P}, n_local_rows={nl}, n_cols={n}, mb={mb}, nb={nb}): {advice}")
-    bad_small = [(name, value) for name, value, _ in items if value < 0]
-    if bad_small:
-        raise ValueError(f"negative size: {bad_small[0][0]} = {bad_small[0][1]}")
-
-
-# --------------------------------------------------------------------------------------------
-# The solve
-
-
-def owned_global_rows(n_local_rows, mb, rank, n_procs):
-    """Global (0-based) row index of each local row of ``rank`` in the row-block-cyclic layout."""
-    li = np.arange(int(n_local_rows), dtype=np.int64)
-    return ((li // mb) * n_procs + rank) * mb + li % mb
-
-
 def _ptr(a):
     return c_void_p(a.ctypes.data)
 
@@ -375,7 +271,48 @@ def qr_solve(comm, a_local, b_local, n_cols, mb, nb=DEFAULT_NB, return_r=False, 
     t_start = time.perf_counter()
     if not getattr(comm, "is_mpi", False):
         return _serial_solve(a_local, b_local, n_cols, return_r, extras)
+    nl, mb, nb = _agreed_sizes(comm, a_local, b_local, n_cols, mb, nb, return_r)
+    P = comm.size
+    lib = _load_agreed(comm)
+    t = time.perf_counter()
+    with BlacsGrid(comm, lib) as grid:
+        M = P * nl
+        lld = max(1, nl)
+        desc_a = grid.descinit(M, n_cols, mb, nb, lld)
+        desc_b = grid.descinit(M, 1, mb, 1, lld)
+        tau = np.zeros(max(1, grid.numroc(n_cols, nb, 0, 0, 1)), dtype=np.float64)
+        calls = _Calls(lib, comm, M, n_cols, desc_a, desc_b, tau)
+        lw_geqrf, lw_ormqr = _workspaces(calls, a_local, b_local, nl, mb, nb, return_r)
+        work = np.zeros(max(lw_geqrf, lw_ormqr), dtype=np.float64)
+        t = _lap(timings, "setup", t)
+        calls.geqrf(a_local, work, lw_geqrf)
+        t = _lap(timings, "pdgeqrf", t)
+        calls.ormqr(a_local, b_local, work, lw_ormqr)
+        del work
+        t = _lap(timings, "pdormqr", t)
+        # Rows of the leading triangle held here (global index g < n_cols), and R's diagonal.
+        g_all = owned_global_rows(nl, mb, comm.rank, P)
+        mine = np.nonzero(g_all < n_cols)[0]
+        g_mine = g_all[mine]
+        _check_r_diagonal(comm, a_local, mine, g_mine, n_cols)
+        if extras is not None:  # before pdtrtrs overwrites the head of b: the tail of Qᵀb is the residual
+            tail = b_local[g_all >= n_cols]
+            head = np.abs(a_local[mine, g_mine])
+            sums = comm.allreduce_sum(np.array([float(np.dot(tail, tail)), float(np.sum(np.log(head)))]))
+            extras["residual_sq"], extras["log_abs_r_diag"] = float(sums[0]), float(sums[1])
+        # The trick: the same local buffer, described with square MB x MB blocks (one process column).
+        calls.trtrs(a_local, b_local, grid.descinit(M, n_cols, mb, mb, lld))
+        t = _lap(timings, "pdtrtrs", t)
+    x, r = _collect(comm, a_local, b_local, mine, g_mine, n_cols, return_r)
+    _lap(timings, "collect", t)
+    if timings is not None:
+        timings["total"] = time.perf_counter() - t_start
+    return (x, r) if return_r else x
 
+
+def _agreed_sizes(comm, a_local, b_local, n_cols, mb, nb, return_r):
+    """(n_local_rows, mb, nb) checked on every rank: any rank's argument error, or sizes that differ, raise
+    on every rank alike; 0 block sizes resolved, nb clamped to n_cols, 32-bit sizes checked."""
     err, nl, mb, nb = _validate(comm, a_local, b_local, n_cols, mb, nb)
     # One exchange: any rank's local error, and the sizes, which must agree everywhere.
     seen = comm.allgather((err, nl, n_cols, mb, nb))
@@ -401,85 +338,74 @@ def qr_solve(comm, a_local, b_local, n_cols, mb, nb=DEFAULT_NB, return_r=False, 
                          f"rows (including padding); QR least squares needs n_cols <= rows")
     nb = min(nb, n_cols)
     check_int32_sizes(P, nl, n_cols, mb, nb, return_r=return_r)
+    return nl, mb, nb
 
-    lib = _load_agreed(comm)
-    t = time.perf_counter()
-    with BlacsGrid(comm, lib) as grid:
-        M = P * nl
-        lld = max(1, nl)
-        desc_a = grid.descinit(M, n_cols, mb, nb, lld)
-        desc_b = grid.descinit(M, 1, mb, 1, lld)
-        tau = np.zeros(max(1, grid.numroc(n_cols, nb, 0, 0, 1)), dtype=np.float64)
-        info = c_int(0)
-        one = c_int(1)
-        m_, n_ = c_int(M), c_int(n_cols)
 
-        # workspace queries
-        q = np.zeros(1)
-        lib.pdgeqrf_(byref(m_), byref(n_), _ptr(a_local), byref(one), byref(one), desc_a, _ptr(tau), _ptr(q),
-                     byref(c_int(-1)), byref(info))
-        _check_info(comm, "pdgeqrf", info.value)
-        lw_geqrf = _lwork_from(q)
-        lib.pdormqr_(c_char_p(b"L"), c_char_p(b"T"), byref(m_), byref(one), byref(n_), _ptr(a_local), byref(one),
-                     byref(one), desc_a, _ptr(tau), _ptr(b_local), byref(one), byref(one), desc_b, _ptr(q),
-                     byref(c_int(-1)), byref(info), c_size_t(1), c_size_t(1))
-        _check_info(comm, "pdormqr", info.value)
-        lw_ormqr = _lwork_from(q)
-        err = None
-        try:
-            check_int32_sizes(P, nl, n_cols, mb, nb, return_r=return_r,
-                              lwork={"pdgeqrf workspace (query)": lw_geqrf, "pdormqr workspace (query)": lw_ormqr})
-        except ScalapackSizeError as exc:
-            err = ("ScalapackSizeError", str(exc))
-        _agree(comm, err)
-        est_geqrf, est_ormqr = workspace_estimates(nl, n_cols, nb)  # documented minima, in case a query is low
-        lw_geqrf, lw_ormqr = max(lw_geqrf, est_geqrf), max(lw_ormqr, est_ormqr)
-        work = np.zeros(max(lw_geqrf, lw_ormqr), dtype=np.float64)
+class _Calls:
+    """ScaLAPACK's pdgeqrf, pdormqr and pdtrtrs on one distributed A (its descriptors and τ), info checked."""
 
-        t = _lap(timings, "setup", t)
-        lib.pdgeqrf_(byref(m_), byref(n_), _ptr(a_local), byref(one), byref(one), desc_a, _ptr(tau), _ptr(work),
-                     byref(c_int(lw_geqrf)), byref(info))
-        _check_info(comm, "pdgeqrf", info.value)
-        t = _lap(timings, "pdgeqrf", t)
-        lib.pdormqr_(c_char_p(b"L"), c_char_p(b"T"), byref(m_), byref(one), byref(n_), _ptr(a_local), byref(one),
-                     byref(one), desc_a, _ptr(tau), _ptr(b_local), byref(one), byref(one), desc_b, _ptr(work),
-                     byref(c_int(lw_ormqr)), byref(info), c_size_t(1), c_size_t(1))
-        _check_info(comm, "pdormqr", info.value)
-        del work
-        t = _lap(timings, "pdormqr", t)
+    def __init__(self, lib, comm, m, n_cols, desc_a, desc_b, tau):
+        self.lib, self.comm, self.n_cols = lib, comm, n_cols
+        self.desc_a, self.desc_b, self.tau = desc_a, desc_b, tau
+        self.m_, self.n_, self.one, self.info = c_int(m), c_int(n_cols), c_int(1), c_int(0)
 
-        # Rows of the leading triangle held here (global index g < n_cols), and R's diagonal.
-        g_all = owned_global_rows(nl, mb, comm.rank, P)
-        mine = np.nonzero(g_all < n_cols)[0]
-        g_mine = g_all[mine]
-        # ScaLAPACK's own singularity test in p?trtrs only looks at the first two diagonal
-        # entries of each block (netlib bug), so check R's diagonal ourselves, on every rank.
-        diag = a_local[mine, g_mine] if (mine.size and _CHECK_DIAG) else np.zeros(0)
-        bad_local = np.nonzero((diag == 0.0) | ~np.isfinite(diag))[0]
-        mine_bad = (int(g_mine[bad_local[0]]) + 1, bool(np.isfinite(diag[bad_local[0]]))) if bad_local.size else None
-        bad_all = [v for v in comm.allgather(mine_bad) if v is not None]
-        if bad_all:
-            k, finite = min(bad_all)
-            if not finite:
-                raise ScalapackError(f"the QR factor R has a NaN or infinite diagonal element {k} of {n_cols}: the "
-                                     f"design matrix contains NaN/inf (check the data, sigmas and sparse points)",
-                                     "pdgeqrf", k)
-            raise ScalapackError(translate_info("pdtrtrs", k, n_cols), "pdtrtrs", k)
+    def geqrf(self, a_local, work, lwork: int) -> None:
+        self.lib.pdgeqrf_(byref(self.m_), byref(self.n_), _ptr(a_local), byref(self.one), byref(self.one),
+                          self.desc_a, _ptr(self.tau), _ptr(work), byref(c_int(lwork)), byref(self.info))
+        _check_info(self.comm, "pdgeqrf", self.info.value)
 
-        if extras is not None:  # before pdtrtrs overwrites the head of b: the tail of Qᵀb is the residual
-            tail = b_local[g_all >= n_cols]
-            head = np.abs(a_local[mine, g_mine])
-            sums = comm.allreduce_sum(np.array([float(np.dot(tail, tail)), float(np.sum(np.log(head)))]))
-            extras["residual_sq"], extras["log_abs_r_diag"] = float(sums[0]), float(sums[1])
-        # The trick: the same local buffer, described with square MB x MB blocks (one process column).
-        desc_r = grid.descinit(M, n_cols, mb, mb, lld)
-        lib.pdtrtrs_(c_char_p(b"U"), c_char_p(b"N"), c_char_p(b"N"), byref(n_), byref(one), _ptr(a_local),
-                     byref(one), byref(one), desc_r, _ptr(b_local), byref(one), byref(one), desc_b, byref(info),
-                     c_size_t(1), c_size_t(1), c_size_t(1))
-        _check_info(comm, "pdtrtrs", info.value, n_cols)
-        t = _lap(timings, "pdtrtrs", t)
+    def ormqr(self, a_local, b_local, work, lwork: int) -> None:
+        one = self.one
+        self.lib.pdormqr_(c_char_p(b"L"), c_char_p(b"T"), byref(self.m_), byref(one), byref(self.n_),
+                          _ptr(a_local), byref(one), byref(one), self.desc_a, _ptr(self.tau), _ptr(b_local),
+                          byref(one), byref(one), self.desc_b, _ptr(work), byref(c_int(lwork)), byref(self.info),
+                          c_size_t(1), c_size_t(1))
+        _check_info(self.comm, "pdormqr", self.info.value)
 
-    # Collect x = the first n_cols global rows of b (every rank), and R on rank 0.
+    def trtrs(self, a_local, b_local, desc_r) -> None:
+        one = self.one
+        self.lib.pdtrtrs_(c_char_p(b"U"), c_char_p(b"N"), c_char_p(b"N"), byref(self.n_), byref(one), _ptr(a_local),
+                          byref(one), byref(one), desc_r, _ptr(b_local), byref(one), byref(one), self.desc_b,
+                          byref(self.info), c_size_t(1), c_size_t(1), c_size_t(1))
+        _check_info(self.comm, "pdtrtrs", self.info.value, self.n_cols)
+
+
+def _workspaces(calls: _Calls, a_local, b_local, nl, mb, nb, return_r):
+    """The workspace sizes of pdgeqrf and pdormqr: ScaLAPACK's queries, at least the documented minima."""
+    q = np.zeros(1)
+    calls.geqrf(a_local, q, -1)
+    lw_geqrf = _lwork_from(q)
+    calls.ormqr(a_local, b_local, q, -1)
+    lw_ormqr = _lwork_from(q)
+    err = None
+    try:
+        check_int32_sizes(calls.comm.size, nl, calls.n_cols, mb, nb, return_r=return_r,
+                          lwork={"pdgeqrf workspace (query)": lw_geqrf, "pdormqr workspace (query)": lw_ormqr})
+    except ScalapackSizeError as exc:
+        err = ("ScalapackSizeError", str(exc))
+    _agree(calls.comm, err)
+    est_geqrf, est_ormqr = workspace_estimates(nl, calls.n_cols, nb)  # documented minima, in case a query is low
+    return max(lw_geqrf, est_geqrf), max(lw_ormqr, est_ormqr)
+
+
+def _check_r_diagonal(comm, a_local, mine, g_mine, n_cols) -> None:
+    """R's diagonal, checked on every rank: ScaLAPACK's own singularity test in p?trtrs only looks at the
+    first two diagonal entries of each block (netlib bug)."""
+    diag = a_local[mine, g_mine] if (mine.size and _CHECK_DIAG) else np.zeros(0)
+    bad_local = np.nonzero((diag == 0.0) | ~np.isfinite(diag))[0]
+    mine_bad = (int(g_mine[bad_local[0]]) + 1, bool(np.isfinite(diag[bad_local[0]]))) if bad_local.size else None
+    bad_all = [v for v in comm.allgather(mine_bad) if v is not None]
+    if bad_all:
+        k, finite = min(bad_all)
+        if not finite:
+            raise ScalapackError(f"the QR factor R has a NaN or infinite diagonal element {k} of {n_cols}: the "
+                                 f"design matrix contains NaN/inf (check the data, sigmas and sparse points)",
+                                 "pdgeqrf", k)
+        raise ScalapackError(translate_info("pdtrtrs", k, n_cols), "pdtrtrs", k)
+
+
+def _collect(comm, a_local, b_local, mine, g_mine, n_cols, return_r):
+    """x = the first n_cols global rows of b (every rank), and R on rank 0 (with ``return_r``)."""
     local = np.empty((g_mine.size, 2), dtype=np.float64)
     local[:, 0] = g_mine
     local[:, 1] = b_local[mine]
@@ -491,7 +417,7 @@ def qr_solve(comm, a_local, b_local, n_cols, mb, nb=DEFAULT_NB, return_r=False, 
         x = None
     x = comm.bcast_array(x, root=0)
     if not np.all(np.isfinite(x)):  # x is identical on every rank, so is this raise
-        raise ScalapackError("the solution contains NaN or infinity: R is numerically singular; " + _SINGULAR_ADVICE,
+        raise ScalapackError("the solution contains NaN or infinity: R is numerically singular; " + SINGULAR_ADVICE,
                              "pdtrtrs", None)
     r = None
     if return_r:
@@ -502,10 +428,7 @@ def qr_solve(comm, a_local, b_local, n_cols, mb, nb=DEFAULT_NB, return_r=False, 
             r[idx] = rows
             del rows
             r = np.triu(r)
-    _lap(timings, "collect", t)
-    if timings is not None:
-        timings["total"] = time.perf_counter() - t_start
-    return (x, r) if return_r else x
+    return x, r
 
 
 def _lap(timings, name, t0):
@@ -516,7 +439,6 @@ def _lap(timings, name, t0):
 
 
 def _serial_solve(a_local, b_local, n_cols, return_r, extras=None):
-    from .serial import qr_solve as lapack_qr_solve
 
     if not isinstance(a_local, np.ndarray) or a_local.dtype != np.float64 or not a_local.flags.f_contiguous:
         raise TypeError("a_local must be a Fortran-contiguous float64 numpy array")

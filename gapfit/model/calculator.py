@@ -18,10 +18,11 @@ from typing import Optional
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
+from ..data.core import load_core
 from ..descriptors import descriptor_class, find_type
 from ..descriptors.neighbours import neighbour_list
 from ..errors import ConfigError, ModelError
-from ..kernels.functions import make_kernel
+from ..kernels.functions import DOT_PRODUCT, KERNEL_NAMES, THETA_KERNELS, make_kernel
 from ..options.schema import apply_schema
 from ..options.syntax import key_values
 from .gap_xml import GapModel, read_model
@@ -55,15 +56,14 @@ class GapPotential:
         self.terms = []
         for c in model.coordinates:
             desc = descriptor_from_string(c.descriptor, model.gap_version)
-            if c.covariance_type in (1, 4):
-                kind = "ard_se" if c.covariance_type == 1 else "pp"
+            if c.covariance_type in THETA_KERNELS:
                 try:
-                    kernel = make_kernel(kind, c.delta, c.sparse_x, theta=c.theta, f0=c.f0,
-                                         permutations=c.permutations)
+                    kernel = make_kernel(KERNEL_NAMES[c.covariance_type], c.delta, c.sparse_x, theta=c.theta,
+                                         f0=c.f0, permutations=c.permutations)
                 except ValueError as exc:
                     raise ModelError(f"GAP model '{model.path}', descriptor '{c.descriptor.strip()[:50]}': "
                                      f"{exc}") from None
-            elif c.covariance_type == 2:
+            elif c.covariance_type == DOT_PRODUCT:
                 kernel = make_kernel("dot_product", c.delta, c.sparse_x, zeta=c.zeta)
             else:
                 raise ModelError(f"covariance_type {c.covariance_type} is not supported by gapfit")
@@ -75,7 +75,6 @@ class GapPotential:
         self.cutoff = max((d.cutoff for d, _, _ in self.terms), default=0.0)
         self.core = None
         if model.has_core:  # gap_fit's Sum of a core potential and the GAP
-            from ..data.core import load_core
             try:
                 self.core = load_core(model.core_ip_args, model.core_xml, f"the core potential of '{model.path}'",
                                       key="the core potential's init_args")

@@ -15,6 +15,9 @@ import numpy as np
 import scipy.linalg as sla
 from ase.calculators.calculator import Calculator, all_changes
 
+from .calculator import GapPotential
+from .gap_xml import read_model
+
 
 def sample_models(model, r: Optional[np.ndarray], n: int, seed: int = 0, comm=None, offsets=None,
                   base_e0: Optional[np.ndarray] = None) -> list:
@@ -65,8 +68,6 @@ class CommitteeCalculator(Calculator):
 
     def __init__(self, models: List[object], **kwargs):
         super().__init__(**kwargs)
-        from .calculator import GapPotential
-        from .gap_xml import read_model
         if not models:
             raise ValueError("CommitteeCalculator needs at least one model")
         self.potentials = [GapPotential(read_model(m) if isinstance(m, str) else m) for m in models]

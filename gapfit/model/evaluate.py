@@ -23,6 +23,10 @@ import numpy as np
 
 from ..config.targets import TargetNames, parse_target_names
 from ..errors import ConfigError, GapfitError
+from ..runtime.parallel import get_comm
+from ..runtime.report import Reporter
+from .calculator import GapPotential
+from .scores import ParityPoints, file_errors
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,8 +50,6 @@ def evaluate_files(comm, log, model_path: str, paths: List[str], names, collect:
     With ``collect``, rank 0's summaries also carry ``"points"``: the (config_type, reference,
     predicted) values of every frame, for parity plots.
     """
-    from .calculator import GapPotential
-    from .scores import ParityPoints, file_errors
 
     potential = GapPotential.from_file(model_path)  # every rank (the same file: the same outcome)
     out = {}
@@ -101,8 +103,6 @@ def plot_parity(summaries: Dict[str, dict], prefix: str) -> List[str]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    from ..runtime.parallel import get_comm
-    from ..runtime.report import Reporter
 
     comm = get_comm()
     try:

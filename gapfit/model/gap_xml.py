@@ -22,8 +22,11 @@ from typing import List, Optional, Sequence
 from xml.sax.saxutils import escape
 
 import numpy as np
+from lxml import etree
 
 from ..errors import ModelError
+from ..kernels.functions import BOND_REAL_SPACE, DOT_PRODUCT, THETA_KERNELS
+from ..options.syntax import key_values
 from ..runtime.files import write_files_atomically
 
 # The gap_version we write: at least 1596837814 (QUIP's newest descriptor threshold) and
@@ -39,7 +42,7 @@ class CoordinateModel:
     """What the XML stores for one gpCoordinates."""
 
     descriptor: str  # the full gap piece
-    covariance_type: int  # 1 = ARD_SE, 2 = DOT_PRODUCT
+    covariance_type: int  # QUIP's code: ARD_SE, DOT_PRODUCT or PP (gapfit.kernels.functions)
     delta: float
     f0: float
     sparse_x: np.ndarray  # (M, d)
@@ -143,50 +146,7 @@ def render(model: GapModel, gp_basename: str, separate_sparse: bool = True):
                  f'fitted="{"T" if model.fitted else "F"}">')
     files = {}
     for i, c in enumerate(model.coordinates, start=1):
-        clabel = f"{label}{i}"
-        attrs = [f'label="{clabel}"', f'dimensions="{c.dimensions}"', f'signal_variance="{_num(c.delta)}"',
-                 f'signal_mean="{_num(c.f0)}"', 'sparsified="T"',
-                 f'n_permutations="{1 if c.permutations is None else len(c.permutations)}"',
-                 f'covariance_type="{c.covariance_type}"']
-        if c.covariance_type == 2:
-            attrs.append(f'zeta="{_num(c.zeta)}"')
-        attrs.append(f'n_sparseX="{c.sparse_x.shape[0]}"')
-        if separate_sparse:
-            fname = f"{gp_basename}.sparseX.{clabel}"
-            data = sparse_file_bytes(c.sparse_x)
-            files[fname] = data
-            attrs.append(f'sparseX_filename="{fname}"')
-            attrs.append(f'sparseX_md5sum="{hashlib.md5(data).hexdigest()}"')
-        lines.extend(_element_lines("    <gpCoordinates", attrs, ">"))
-        if c.covariance_type in (1, 4):
-            lines.append("      <theta>")
-            lines.extend(_wrap_numbers(c.theta, "        "))
-            lines.append("      </theta>")
-        lines.append("      <descriptor>" + escape(c.descriptor) + "</descriptor>")
-        perms = c.permutations if c.permutations is not None else np.arange(1, c.dimensions + 1)[None, :]
-        if c.covariance_type in (2, 3):
-            perms = np.array([[1]])
-        for p, perm in enumerate(perms, start=1):
-            lines.append(f'      <permutation i="{p}">')
-            lines.extend(_wrap_numbers_int(perm, "        "))
-            lines.append("      </permutation>")
-        for s in range(c.sparse_x.shape[0]):
-            head = f'      <sparseX i="{s + 1}" alpha="{_num(c.alpha[s])}" sparseCutoff="{_num(c.sparse_cutoff[s])}"'
-            if separate_sparse:
-                lines.append(head + "/>")
-            elif c.dimensions <= 50:
-                lines.append(head + ">")
-                lines.extend(_wrap_numbers(c.sparse_x[s], "        "))
-                lines.append("      </sparseX>")
-            else:
-                lines.append(head + ' sliced="T">')
-                for j in range(0, c.dimensions, 50):
-                    j_end = min(j + 50, c.dimensions)
-                    lines.append(f'        <sparseX_slice start="{j + 1}" end="{j_end}">')
-                    lines.extend(_wrap_numbers(c.sparse_x[s, j:j_end], "          "))
-                    lines.append("        </sparseX_slice>")
-                lines.append("      </sparseX>")
-        lines.append("    </gpCoordinates>")
+        lines.extend(_coordinate_lines(c, f"{label}{i}", gp_basename, separate_sparse, files))
     lines.append("  </gpSparse>")
     if model.command_line:
         lines.append("  <command_line>")
@@ -204,6 +164,55 @@ def render(model: GapModel, gp_basename: str, separate_sparse: bool = True):
             raise ModelError(f"a line of {len(ln)} characters in the GAP XML (QUIP's reader corrupts lines of 1024 "
                              f"and more): shorten the core potential's parameter file's lines")
     return "\n".join(lines) + "\n", files
+
+
+def _coordinate_lines(c: CoordinateModel, clabel: str, gp_basename: str, separate_sparse: bool,
+                      files: dict) -> List[str]:
+    """One <gpCoordinates> element; its sparseX file (name → bytes) goes into ``files``."""
+    attrs = [f'label="{clabel}"', f'dimensions="{c.dimensions}"', f'signal_variance="{_num(c.delta)}"',
+             f'signal_mean="{_num(c.f0)}"', 'sparsified="T"',
+             f'n_permutations="{1 if c.permutations is None else len(c.permutations)}"',
+             f'covariance_type="{c.covariance_type}"']
+    if c.covariance_type == DOT_PRODUCT:
+        attrs.append(f'zeta="{_num(c.zeta)}"')
+    attrs.append(f'n_sparseX="{c.sparse_x.shape[0]}"')
+    if separate_sparse:
+        fname = f"{gp_basename}.sparseX.{clabel}"
+        data = sparse_file_bytes(c.sparse_x)
+        files[fname] = data
+        attrs.append(f'sparseX_filename="{fname}"')
+        attrs.append(f'sparseX_md5sum="{hashlib.md5(data).hexdigest()}"')
+    lines = _element_lines("    <gpCoordinates", attrs, ">")
+    if c.covariance_type in THETA_KERNELS:
+        lines.append("      <theta>")
+        lines.extend(_wrap_numbers(c.theta, "        "))
+        lines.append("      </theta>")
+    lines.append("      <descriptor>" + escape(c.descriptor) + "</descriptor>")
+    perms = c.permutations if c.permutations is not None else np.arange(1, c.dimensions + 1)[None, :]
+    if c.covariance_type in (DOT_PRODUCT, BOND_REAL_SPACE):
+        perms = np.array([[1]])
+    for p, perm in enumerate(perms, start=1):
+        lines.append(f'      <permutation i="{p}">')
+        lines.extend(_wrap_numbers_int(perm, "        "))
+        lines.append("      </permutation>")
+    for s in range(c.sparse_x.shape[0]):
+        head = f'      <sparseX i="{s + 1}" alpha="{_num(c.alpha[s])}" sparseCutoff="{_num(c.sparse_cutoff[s])}"'
+        if separate_sparse:
+            lines.append(head + "/>")
+        elif c.dimensions <= 50:
+            lines.append(head + ">")
+            lines.extend(_wrap_numbers(c.sparse_x[s], "        "))
+            lines.append("      </sparseX>")
+        else:
+            lines.append(head + ' sliced="T">')
+            for j in range(0, c.dimensions, 50):
+                j_end = min(j + 50, c.dimensions)
+                lines.append(f'        <sparseX_slice start="{j + 1}" end="{j_end}">')
+                lines.extend(_wrap_numbers(c.sparse_x[s, j:j_end], "          "))
+                lines.append("        </sparseX_slice>")
+            lines.append("      </sparseX>")
+    lines.append("    </gpCoordinates>")
+    return lines
 
 
 def _wrap_numbers_int(values, indent):
@@ -245,8 +254,6 @@ def write_model(model: GapModel, gp_file: str, separate_sparse: bool = True) -> 
 
 def read_model(path: str) -> GapModel:
     """Read a GAP XML written by gapfit or gap_fit (distance_2b/soap, ARD_SE/dot product)."""
-    from lxml import etree
-
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -257,6 +264,35 @@ def read_model(path: str) -> GapModel:
         root = etree.fromstring(data, parser=parser)
     except etree.XMLSyntaxError as exc:
         raise ModelError(f"GAP model '{path}' is not well-formed XML: {exc}") from None
+    label, core_args, core_xml = _potential_label(root, data, path)
+    params = None
+    for gp in root.iter("GAP_params"):
+        if label is None or gp.get("label") == label:
+            params = gp
+            break
+    if params is None:
+        raise ModelError(f"GAP model '{path}' has no <GAP_params> element" + (f" with label {label}" if label else ""))
+    label = params.get("label", label or "")
+    e0 = np.zeros(119)
+    gdata = params.find("GAP_data")
+    if gdata is not None:
+        if gdata.get("e0") is not None:
+            e0[1:] = float(gdata.get("e0"))
+        for el in gdata.findall("e0"):
+            e0[int(el.get("Z"))] = _float(el.get("value"))
+    sparse = params.find("gpSparse")
+    if sparse is None:
+        raise ModelError(f"GAP model '{path}' has no <gpSparse>")
+    base = os.path.dirname(os.path.abspath(path))
+    coords = [_coordinate(el, base, path) for el in sparse.findall("gpCoordinates")]
+    command_line = params.findtext("command_line", default="") or ""
+    return GapModel(label=label, e0=e0, coordinates=coords, gap_version=int(params.get("gap_version", "0")),
+                    fitted=sparse.get("fitted", "T").strip().upper().startswith("T"),
+                    command_line=command_line.strip(), path=path, core_ip_args=core_args, core_xml=core_xml)
+
+
+def _potential_label(root, data: bytes, path: str):
+    """(the GAP's label, the core's init string, the core's XML) from the first <Potential>."""
     label, core_args, core_xml = None, "", None
     for pot in root.iter("Potential"):
         args = pot.get("init_args", "")
@@ -269,80 +305,60 @@ def read_model(path: str) -> GapModel:
             if tok.startswith("label="):
                 label = tok.split("=", 1)[1]
         break
-    params = None
-    for gp in root.iter("GAP_params"):
-        if label is None or gp.get("label") == label:
-            params = gp
-            break
-    if params is None:
-        raise ModelError(f"GAP model '{path}' has no <GAP_params> element" + (f" with label {label}" if label else ""))
-    label = params.get("label", label or "")
-    gap_version = int(params.get("gap_version", "0"))
-    e0 = np.zeros(119)
-    gdata = params.find("GAP_data")
-    if gdata is not None:
-        if gdata.get("e0") is not None:
-            e0[1:] = float(gdata.get("e0"))
-        for el in gdata.findall("e0"):
-            e0[int(el.get("Z"))] = _float(el.get("value"))
-    sparse = params.find("gpSparse")
-    if sparse is None:
-        raise ModelError(f"GAP model '{path}' has no <gpSparse>")
-    fitted = sparse.get("fitted", "T").strip().upper().startswith("T")
-    coords = []
-    base = os.path.dirname(os.path.abspath(path))
-    for el in sparse.findall("gpCoordinates"):
-        d = int(el.get("dimensions"))
-        ctype = int(el.get("covariance_type"))
-        m = int(el.get("n_sparseX", "0"))
-        theta = el.find("theta")
-        theta = np.array([_float(t) for t in theta.text.split()]) if theta is not None and theta.text else None
-        zeta = el.get("zeta")
-        zeta = _float(zeta) if zeta is not None else (float(theta[0]) if ctype == 2 and theta is not None else None)
-        descriptor = el.findtext("descriptor", default="")
-        alphas, cutoffs, rows = [], [], []
-        for sx in el.findall("sparseX"):
-            alphas.append(_float(sx.get("alpha")))
-            cutoffs.append(_float(sx.get("sparseCutoff", "1.0")))
-            if sx.get("sliced", "F").upper().startswith("T"):
-                vals = []
-                for sl in sx.findall("sparseX_slice"):
-                    vals.extend(_float(t) for t in (sl.text or "").split())
-                rows.append(vals)
-            else:
-                rows.append([_float(t) for t in (sx.text or "").split()])
-        fname = el.get("sparseX_filename")
-        if fname:
-            fpath = os.path.join(base, fname)
-            try:
-                with open(fpath, "rb") as fh:
-                    raw = fh.read()
-            except OSError:
-                raise ModelError(f"GAP model '{path}': sparseX file '{fname}' is missing") from None
-            md5 = el.get("sparseX_md5sum")
-            if md5 and hashlib.md5(raw).hexdigest() != md5.strip():
-                raise ModelError(f"GAP model '{path}': sparseX file '{fname}' does not match its MD5 sum")
-            values = np.array([_float(t) for t in raw.decode("ascii", "replace").split()])
-            if values.size != m * d:
-                raise ModelError(f"GAP model '{path}': sparseX file '{fname}' has {values.size} values, "
-                                 f"expected {m}x{d}")
-            sparse_x = values.reshape(m, d)
+    return label, core_args, core_xml
+
+
+def _coordinate(el, base: str, path: str) -> CoordinateModel:
+    """One <gpCoordinates>: kernel, sparse points (inline or in their sparseX file), α and cutoffs."""
+    d = int(el.get("dimensions"))
+    ctype = int(el.get("covariance_type"))
+    theta = el.find("theta")
+    theta = np.array([_float(t) for t in theta.text.split()]) if theta is not None and theta.text else None
+    zeta = el.get("zeta")
+    zeta = _float(zeta) if zeta is not None else (float(theta[0]) if ctype == DOT_PRODUCT and theta is not None
+                                                  else None)
+    alphas, cutoffs, rows = [], [], []
+    for sx in el.findall("sparseX"):
+        alphas.append(_float(sx.get("alpha")))
+        cutoffs.append(_float(sx.get("sparseCutoff", "1.0")))
+        if sx.get("sliced", "F").upper().startswith("T"):
+            vals = []
+            for sl in sx.findall("sparseX_slice"):
+                vals.extend(_float(t) for t in (sl.text or "").split())
+            rows.append(vals)
         else:
-            sparse_x = np.array(rows, dtype=float).reshape(len(rows), d) if rows else np.zeros((0, d))
-        perms = [[int(v) for v in (p.text or "").split()] for p in el.findall("permutation")]
-        coords.append(CoordinateModel(
-            descriptor=descriptor, covariance_type=ctype, delta=_float(el.get("signal_variance")),
-            f0=_float(el.get("signal_mean", "0")), sparse_x=sparse_x, alpha=np.array(alphas),
-            sparse_cutoff=np.array(cutoffs), theta=theta, zeta=zeta,
-            permutations=np.array(perms) if perms and ctype in (1, 4) else None))
-    command_line = params.findtext("command_line", default="") or ""
-    return GapModel(label=label, e0=e0, coordinates=coords, gap_version=gap_version, fitted=fitted,
-                    command_line=command_line.strip(), path=path, core_ip_args=core_args, core_xml=core_xml)
+            rows.append([_float(t) for t in (sx.text or "").split()])
+    fname = el.get("sparseX_filename")
+    if fname:
+        sparse_x = _sparse_x_file(os.path.join(base, fname), fname, el.get("sparseX_md5sum"),
+                                  int(el.get("n_sparseX", "0")), d, path)
+    else:
+        sparse_x = np.array(rows, dtype=float).reshape(len(rows), d) if rows else np.zeros((0, d))
+    perms = [[int(v) for v in (p.text or "").split()] for p in el.findall("permutation")]
+    return CoordinateModel(
+        descriptor=el.findtext("descriptor", default=""), covariance_type=ctype,
+        delta=_float(el.get("signal_variance")), f0=_float(el.get("signal_mean", "0")), sparse_x=sparse_x,
+        alpha=np.array(alphas), sparse_cutoff=np.array(cutoffs), theta=theta, zeta=zeta,
+        permutations=np.array(perms) if perms and ctype in THETA_KERNELS else None)
+
+
+def _sparse_x_file(fpath: str, fname: str, md5, m: int, d: int, path: str) -> np.ndarray:
+    """The m×d sparse points of a sparseX file, checked against the MD5 sum the XML gives."""
+    try:
+        with open(fpath, "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        raise ModelError(f"GAP model '{path}': sparseX file '{fname}' is missing") from None
+    if md5 and hashlib.md5(raw).hexdigest() != md5.strip():
+        raise ModelError(f"GAP model '{path}': sparseX file '{fname}' does not match its MD5 sum")
+    values = np.array([_float(t) for t in raw.decode("ascii", "replace").split()])
+    if values.size != m * d:
+        raise ModelError(f"GAP model '{path}': sparseX file '{fname}' has {values.size} values, expected {m}x{d}")
+    return values.reshape(m, d)
 
 
 def _sum_parts(args: str, path: str) -> dict:
     """``Sum init_args_pot1={...} init_args_pot2={...}`` → {name: inner text}."""
-    from ..options.syntax import key_values
     parts = {k: (v or "").strip() for k, v in key_values(args, what=f"the Potential init_args of '{path}'")}
     if "init_args_pot1" not in parts or "init_args_pot2" not in parts:
         raise ModelError(f"GAP model '{path}': a Sum potential needs init_args_pot1 and init_args_pot2")

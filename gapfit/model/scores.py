@@ -19,7 +19,10 @@ from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
+from ..data.distribute import assign_frames
+from ..data.extxyz import XyzFileSource
 from ..data.targets import VIRIAL_COMPONENTS, TargetNames, frame_targets
+from ..runtime.parallel import rank0_call
 
 _LOWER = tuple(np.array(VIRIAL_COMPONENTS).T)
 QUANTITIES = (("energy", "eV/atom"), ("forces", "eV/Å"), ("virial", "eV/atom"))
@@ -228,9 +231,6 @@ def file_errors(comm, log, potential, path: str, names: TargetNames, key: str, w
                 points: Optional[ParityPoints] = None) -> dict:
     """:func:`report_errors` on the frames of an extended XYZ file (named by option ``key`` in
     errors), spread over the ranks by atom count."""
-    from ..data.distribute import assign_frames
-    from ..data.extxyz import XyzFileSource
-    from ..runtime.parallel import rank0_call
 
     source = XyzFileSource(path, key=key)
     entries = rank0_call(comm, lambda: source.index()[0])

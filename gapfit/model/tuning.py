@@ -16,9 +16,11 @@ from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from scipy.optimize import minimize
 
 from ..data.targets import SigmaTable
 from ..errors import ConfigError, NumericalError
+from ..options.syntax import quote_value
 
 #: keys a refit takes; energy_sigma, force_sigma and virial_sigma set one entry of default_sigma
 REFIT_KEYS = ("default_sigma", "config_type_sigma", "delta", "sparse_jitter",
@@ -42,7 +44,6 @@ class Settings:
 
     def words(self) -> str:
         """The settings as gap_fit options (for the model's command line)."""
-        from ..options.syntax import quote_value
         words = [f"default_sigma={{{' '.join(f'{s:g}' for s in self.default_sigma)}}}",
                  f"sparse_jitter={self.sparse_jitter:g}"]
         if self.config_type_sigma.strip():
@@ -52,8 +53,9 @@ class Settings:
 
 def base_settings(problem) -> Settings:
     config = problem.ctx.config
-    return Settings(default_sigma=list(config.targets.default_sigma), config_type_sigma=config.targets.config_type_sigma,
-                    deltas=list(problem.deltas), sparse_jitter=float(config.solver.sparse_jitter))
+    return Settings(default_sigma=list(config.targets.default_sigma),
+                    config_type_sigma=config.targets.config_type_sigma, deltas=list(problem.deltas),
+                    sparse_jitter=float(config.solver.sparse_jitter))
 
 
 def settings(problem, base: Settings, **keys) -> Settings:
@@ -253,7 +255,6 @@ def _scalar_value(chosen: Settings, key: str) -> float:
 
 def optimise_settings(problem, start: Settings, keys: List[str], evaluate: Objective, max_evaluations: int):
     """Nelder–Mead over log(values) of ``keys`` from ``start``: (every evaluation's row, the best point)."""
-    from scipy.optimize import minimize
     x0 = np.log([_scalar_value(start, k) for k in keys])
     if not np.all(np.isfinite(x0)):
         raise ConfigError(f"optimise: every key needs a positive starting value; got "

@@ -8,9 +8,22 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
-from .schema import (GivenKeys, Param, Schema, apply_schema, choice, float_list, non_negative, positive,  # noqa: F401
-                     to_bool, to_float, to_int, to_str)
+from .schema import (  # noqa: F401
+    GivenKeys,
+    Param,
+    Schema,
+    apply_schema,
+    choice,
+    float_list,
+    non_negative,
+    positive,
+    to_bool,
+    to_float,
+    to_int,
+    to_str,
+)
 from .syntax import join_argv, key_values, split_gap_string, strip_comments
+
 
 def _gp_file_check(name):
     base = os.path.basename(name)

@@ -8,6 +8,7 @@ import tempfile
 
 from ..errors import ConfigError
 
+
 def check_writable(path: str, key: str = "gp_file") -> None:
     """Fail early (before any heavy work) if ``path`` cannot be written (``key``: as the user typed it)."""
     directory = os.path.dirname(os.path.abspath(path)) or "."

@@ -22,6 +22,7 @@ rank finish its chunk, write its part and stop: the job ends with exit status 75
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import signal
@@ -34,6 +35,7 @@ from ..config.fit_config import FitConfig
 from ..errors import ConfigError, GapfitError
 from ..options.top_level import TOP_LEVEL, TopLevelOptions
 from ..runtime.files import write_files_atomically
+from ..runtime.parallel import rank0_call, rank0_only
 
 FORMAT = "gapfit-checkpoint"
 VERSION = 1
@@ -164,7 +166,6 @@ def _read_part(path: str) -> dict:
 
 
 def _npz_bytes(arrays: Dict[str, np.ndarray]) -> bytes:
-    import io
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
@@ -260,7 +261,6 @@ class CheckpointRun:
     def open(cls, comm, config: FitConfig, data_path: Optional[str], core_text: Optional[str],
              stop: Optional[StopRequest] = None) -> "CheckpointRun":
         """Check an existing checkpoint against this fit (ConfigError naming the difference) and load it."""
-        from ..runtime.parallel import rank0_call, rank0_only
         path = config.checkpoint.file
 
         def read():
@@ -291,7 +291,6 @@ class CheckpointRun:
     def extension(cls, comm, config: FitConfig, base_manifest: dict, data_path: Optional[str],
                   core_text: Optional[str], stop: Optional[StopRequest] = None) -> "CheckpointRun":
         """An extension: the base fit's finished factor, sparse points, θ and e0; all new frames to fold."""
-        from ..runtime.parallel import rank0_call, rank0_only
         base = Checkpoint(config.checkpoint.extend)
         fp = rank0_call(comm, fingerprint, config.options, data_path, core_text)
         if base_manifest["fingerprint"].get("core") != fp.get("core"):
@@ -418,7 +417,6 @@ class CheckpointRun:
 # --- extending a finished fit with new data ------------------------------------------------
 def read_base_manifest(path: str, comm) -> dict:
     """The manifest of the finished fit that ``extend_checkpoint`` names (collective; ConfigError if none)."""
-    from ..runtime.parallel import rank0_call
 
     def read():
         manifest = Checkpoint(path).manifest()

@@ -18,6 +18,7 @@ from .linear_system import (FitContext, Solution, cholesky_of_kmm, log_condition
                             produce_rows)
 from .sinks import DenseRows
 
+
 def block_sizes(unified_rows: int, n_sparse: int, mb: int, nb: int):
     """gap_fit's ScaLAPACK blocks: mb (0 → all local rows), nb (0 → M); local rows padded to a multiple of mb."""
     mb = mb or max(unified_rows, 1)

@@ -21,13 +21,13 @@ from scipy.linalg import lapack
 
 from ..config.fit_config import FitConfig
 from ..config.targets import SigmaTable, TargetNames
+from ..data.core import GluePotential
 from ..data.e0 import SpeciesOffsets
 from ..data.extxyz import FrameIndex
 from ..kernels.covariance import Coordinate, k_mm
 from ..linalg.serial import cholesky_upper
 from ..linalg.triangular import TriangularFactor
 from ..runtime.memory import available_memory
-from ..data.core import GluePotential
 from ..runtime.report import Reporter, human_bytes
 from .evidence import log_marginal_likelihood
 from .rows import CHUNK_BYTES, RowPlan, produce
@@ -124,15 +124,6 @@ def choose_path(asked: str, n_rows: int, n_sparse: int, n_ranks: int, log) -> st
     log(f"linear_solver=auto: streaming (memory {human_bytes(streaming_bytes(n_sparse))} per rank instead of "
         f"{human_bytes(a_bytes)} for A, as fast)")
     return "streaming"
-
-
-def solve(ctx: FitContext, path: str, stats: Dict[str, float], run=None) -> Solution:
-    """α by the ``path`` (dense or streaming) that :func:`choose_path` chose."""
-    from .dense import solve_dense  # the paths build on this module's context
-    from .streaming import solve_streaming
-    if path == "dense":
-        return solve_dense(ctx, stats)
-    return solve_streaming(ctx, stats, run)
 
 
 def produce_rows(ctx: FitContext, sink, stats, frames, n_rows, after_chunk=None) -> bool:

@@ -21,7 +21,7 @@ from ..config.targets import SigmaTable, TargetNames
 from ..data.targets import frame_rows
 from ..descriptors.neighbours import neighbour_list
 from ..errors import DataError
-from ..kernels.covariance import row_layout, k_nm_rows
+from ..kernels.covariance import k_nm_rows, row_layout
 from ..runtime.heap import release_freed_memory
 
 # Bytes of descriptor gradients accumulated before a chunk's K rows are built.
@@ -78,86 +78,96 @@ def kernel_row_chunks(plan: RowPlan, my_frames, log, stats,
     row also holds its frame's atom count of each species, in the offsets' columns.  ``stats`` collects
     descriptor and kernel seconds and GEMM flops; rank 0's progress over its ``n_rows`` rows goes to ``log``.
     """
-    source, entries, coords, names, sigmas = plan.source, plan.entries, plan.coords, plan.names, plan.sigmas
-    e0 = plan.e0
-    sigma_per_atom, max_cutoff, n_columns, core = plan.sigma_per_atom, plan.max_cutoff, plan.n_columns, plan.core
-    chunk_bytes, offsets = plan.chunk_bytes, plan.offsets
     if os.environ.get("GAPFIT_INJECT_FAILURE_RANK", "") == str(getattr(log, "rank", 0)):
         # test hook: a failure on one rank only (tests/test_mpi.py checks the job aborts cleanly)
         raise DataError("injected failure on this rank (GAPFIT_INJECT_FAILURE_RANK)")
     stats.update(gemm_flops=0.0, descriptor_seconds=0.0, kernel_seconds=0.0)
-    pending = []  # (frame rows, values per coordinate, n_atoms, frame index, species counts or None)
-    pending_bytes = 0.0
-    done_rows = pending_rows = chunks = 0
+    chunk = _Chunk(plan, stats)
+    share = " (rank 0's share)" if getattr(log, "size", 1) > 1 else ""
+    with log.progress("K_NM rows", max(n_rows, 1), note=share) as progress:
+        for frame in plan.source.read([plan.entries[f] for f in my_frames]):
+            progress.update(chunk.done_rows + chunk.pending_rows)  # rows built, and queued in this chunk
+            fr = frame_rows(frame, plan.names, plan.sigmas, plan.e0, plan.sigma_per_atom, plan.core)
+            grad = bool(fr.force_atoms.size) or fr.has_virial
+            nl = neighbour_list(frame.positions, frame.cell, frame.pbc, plan.max_cutoff)
+            per_atom = _bytes_per_atom(plan.coords, frame, nl, grad)
+            counts = plan.offsets.counts(frame.numbers) if plan.offsets is not None else None
+            if per_atom is not None and per_atom.sum() > plan.chunk_bytes:
+                if chunk.pending:
+                    yield chunk.take()
+                yield chunk.in_pieces(frame, fr, nl, grad, per_atom, counts)
+                continue
+            chunk.queue(frame, fr, chunk.describe(frame, nl, grad), per_atom, counts)
+            if chunk.pending_bytes > plan.chunk_bytes:
+                yield chunk.take()
+        if chunk.pending:
+            yield chunk.take()
 
-    def describe(frame, nl, grad, atoms=None):
+
+class _Chunk:
+    """The frames queued for the next chunk of :func:`kernel_row_chunks`, and the rows made so far."""
+
+    def __init__(self, plan: RowPlan, stats):
+        self.plan, self.stats = plan, stats
+        self.pending = []  # (frame rows, values per coordinate, n_atoms, frame index, species counts or None)
+        self.pending_bytes = 0.0
+        self.done_rows = self.pending_rows = self.chunks = 0
+
+    def describe(self, frame, nl, grad, atoms=None):
         t0 = time.perf_counter()
-        values = [c.descriptor.calc(frame, nl, grad=grad, atoms=atoms) for c in coords]
-        stats["descriptor_seconds"] += time.perf_counter() - t0
+        values = [c.descriptor.calc(frame, nl, grad=grad, atoms=atoms) for c in self.plan.coords]
+        self.stats["descriptor_seconds"] += time.perf_counter() - t0
         return values
 
-    def kernel_rows(frames_values, rows, atom_counts):
+    def kernel_rows(self, frames_values, rows, atom_counts):
         t0 = time.perf_counter()
-        k = k_nm_rows(coords, frames_values, rows, atom_counts, n_columns, stats=stats)
-        stats["kernel_seconds"] += time.perf_counter() - t0
+        k = k_nm_rows(self.plan.coords, frames_values, rows, atom_counts, self.plan.n_columns, stats=self.stats)
+        self.stats["kernel_seconds"] += time.perf_counter() - t0
         return k
 
-    def add_counts(k, rows, species_counts):
+    def add_counts(self, k, rows, species_counts):
         """The e0 offsets' columns of the energy rows: atoms of each species."""
+        offsets = self.plan.offsets
         if offsets is not None:
             energy_row = row_layout(rows)[0]
             has = energy_row >= 0
             k[energy_row[has], offsets.columns] = np.asarray(species_counts)[has]
 
-    def take_pending():
+    def queue(self, frame, fr, values, per_atom, counts) -> None:
+        self.pending.append((fr, values, len(frame), frame.index, counts))
+        self.pending_rows += fr.y.size
+        self.pending_bytes += 8.0 * fr.y.size * self.plan.n_columns  # the chunk's K rows
+        if per_atom is not None:
+            self.pending_bytes += per_atom.sum()
+        else:  # descriptor values + the kernel matrices k(x, s) of their instances
+            self.pending_bytes += sum(val.nbytes + 4 * 8 * val.n_desc * c.n_sparse
+                                      for val, c in zip(values, self.plan.coords))
+
+    def take(self):
         """The queued frames' chunk, and a fresh queue."""
-        nonlocal pending_bytes, pending_rows, done_rows, chunks
+        pending = self.pending
         rows = [p[0] for p in pending]
-        k = kernel_rows([p[1] for p in pending], rows, [p[2] for p in pending])
-        add_counts(k, rows, [p[4] for p in pending])
+        k = self.kernel_rows([p[1] for p in pending], rows, [p[2] for p in pending])
+        self.add_counts(k, rows, [p[4] for p in pending])
         chunk = (k, np.concatenate([r.y for r in rows]), np.concatenate([r.sigma for r in rows]),
                  ChunkLabels.of(rows, [p[3] for p in pending], [p[2] for p in pending]))
         pending.clear()
-        done_rows += pending_rows
-        pending_bytes, pending_rows = 0.0, 0
-        chunks += 1
-        if chunks % 4 == 0:  # the chunks' temporaries fragment the heap; keep RSS ~ A + one chunk
+        self.done_rows += self.pending_rows
+        self.pending_bytes, self.pending_rows = 0.0, 0
+        self.chunks += 1
+        if self.chunks % 4 == 0:  # the chunks' temporaries fragment the heap; keep RSS ~ A + one chunk
             release_freed_memory()
         return chunk
 
-    share = " (rank 0's share)" if getattr(log, "size", 1) > 1 else ""
-    with log.progress("K_NM rows", max(n_rows, 1), note=share) as progress:
-        for frame in source.read([entries[f] for f in my_frames]):
-            progress.update(done_rows + pending_rows)  # rows built, and queued in this chunk
-            fr = frame_rows(frame, names, sigmas, e0, sigma_per_atom, core)
-            grad = bool(fr.force_atoms.size) or fr.has_virial
-            nl = neighbour_list(frame.positions, frame.cell, frame.pbc, max_cutoff)
-            per_atom = _bytes_per_atom(coords, frame, nl, grad)
-            counts = offsets.counts(frame.numbers) if offsets is not None else None
-            if per_atom is not None and per_atom.sum() > chunk_bytes:
-                # a frame too big for one chunk: its instances in pieces (by centre atom); the K rows
-                # are sums over instances, so the pieces' rows add up to the frame's
-                if pending:
-                    yield take_pending()
-                k = np.zeros((fr.y.size, n_columns))
-                for atoms in _atom_groups(per_atom, chunk_bytes):
-                    k += kernel_rows([describe(frame, nl, grad, atoms)], [fr], [len(frame)])
-                add_counts(k, [fr], [counts])
-                done_rows += fr.y.size
-                yield k, fr.y, fr.sigma, ChunkLabels.of([fr], [frame.index], [len(frame)])
-                continue
-            values = describe(frame, nl, grad)
-            pending.append((fr, values, len(frame), frame.index, counts))
-            pending_rows += fr.y.size
-            pending_bytes += 8.0 * fr.y.size * n_columns  # the chunk's K rows
-            if per_atom is not None:
-                pending_bytes += per_atom.sum()
-            else:  # descriptor values + the kernel matrices k(x, s) of their instances
-                pending_bytes += sum(val.nbytes + 4 * 8 * val.n_desc * c.n_sparse for val, c in zip(values, coords))
-            if pending_bytes > chunk_bytes:
-                yield take_pending()
-        if pending:
-            yield take_pending()
+    def in_pieces(self, frame, fr, nl, grad, per_atom, counts):
+        """A frame too big for one chunk: its instances in pieces (by centre atom); the K rows are sums over
+        instances, so the pieces' rows add up to the frame's."""
+        k = np.zeros((fr.y.size, self.plan.n_columns))
+        for atoms in _atom_groups(per_atom, self.plan.chunk_bytes):
+            k += self.kernel_rows([self.describe(frame, nl, grad, atoms)], [fr], [len(frame)])
+        self.add_counts(k, [fr], [counts])
+        self.done_rows += fr.y.size
+        return k, fr.y, fr.sigma, ChunkLabels.of([fr], [frame.index], [len(frame)])
 
 
 def produce(plan: RowPlan, sink, frames, log, stats, n_rows, after_chunk=None) -> bool:

@@ -17,6 +17,7 @@ from .linear_system import (FitContext, Solution, cholesky_of_kmm, log_condition
                             produce_rows, streaming_bytes)
 from .sinks import FoldRows
 
+
 def remaining_frames(ctx: FitContext, done: np.ndarray) -> np.ndarray:
     """This rank's share of the frames with targets that are not yet folded (greedy balance)."""
     todo = np.setdiff1d(np.nonzero(ctx.frame_rows > 0)[0], done)

@@ -101,13 +101,15 @@ import numpy as np
 from .cur import (cur_covariance_matrix, cur_keys_select, cur_leverage, cur_rank, cur_reconstruction_error,
                   descriptor_leverage, select_cur_covariance, select_cur_points)
 from .greedy import pivoted_cholesky_order, select_covariance, select_pivot
+
+# private helpers, re-exported for the tests (redundant aliases mark them as re-exports)
+from .kmeans import _distinct_nearest as _distinct_nearest
+from .kmeans import _fuzzy_weights as _fuzzy_weights
+from .kmeans import _nearest_candidates as _nearest_candidates
 from .kmeans import bisect_kmedoids, cluster_distance_matrix, select_cluster, select_fuzzy, select_kmeans
 from .selection import (CLUSTER_JITTER, COVARIANCE_DIAGONAL, CRUDE_THETA, FUZZINESS, KMEANS_THRESHOLD, MAX_DENSE_BYTES,
                         MAX_ITERATIONS, N_TRIAL, N_TRIAL_K_MED, NUMERICAL_ZERO, TOL_SVD, SelectionContext, check_memory,
                         required_bytes)
-# private helpers, re-exported for the tests (redundant aliases mark them as re-exports)
-from .kmeans import _distinct_nearest as _distinct_nearest, _fuzzy_weights as _fuzzy_weights
-from .kmeans import _nearest_candidates as _nearest_candidates
 from .selection import _pair_uniform as _pair_uniform
 
 __all__ = [

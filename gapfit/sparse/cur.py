@@ -9,11 +9,13 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
+import scipy.linalg
 
 from ..errors import ConfigError
+from ..linalg.triangular import TriangularFactor
 from ..runtime.spill import drop_pages
 from .dedup import quip_heap_sort_order
-from .selection import (SVD_NOISE_EPS, TOL_SVD, SelectionContext, _NormalisedKernel, _block_rows, _ctx, _prepare,
+from .selection import (SVD_NOISE_EPS, TOL_SVD, SelectionContext, _block_rows, _ctx, _NormalisedKernel, _prepare,
                         _silent, _symmetrise, check_memory)
 
 
@@ -92,7 +94,6 @@ def descriptor_leverage(x: np.ndarray, m: int, log=_silent) -> np.ndarray:
     and the rows of U needed, u_j = x_j V_r S_r⁻¹ for the r largest singular values, are formed
     block by block.
     """
-    from ..linalg.triangular import TriangularFactor
 
     n, d = x.shape
     factor = TriangularFactor(d - 1, block_rows=max(4 * d, 1024))  # d columns in all
@@ -155,7 +156,6 @@ def select_cur_covariance(x, m, rng, context: Optional[SelectionContext] = None)
     time O(n³).
     The matrix is symmetric, so its singular vectors are its eigenvectors (singular values |λ|).
     """
-    import scipy.linalg
     ctx = _ctx(context)
     x = _prepare("cur_covariance", x, m)
     if m == 0:

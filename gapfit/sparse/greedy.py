@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .selection import (COVARIANCE_DIAGONAL, SelectionContext, _NormalisedKernel, _ctx, _jitter_seed, _pair_uniform,
+from .selection import (COVARIANCE_DIAGONAL, SelectionContext, _ctx, _jitter_seed, _NormalisedKernel, _pair_uniform,
                         _prepare, _scale, _silent, _sq_dist_block, check_memory)
 
 

@@ -10,10 +10,11 @@ import math
 from typing import Optional
 
 import numpy as np
+import scipy.sparse
 
 from ..errors import ConfigError
 from .selection import (CLUSTER_JITTER, FUZZINESS, KMEANS_THRESHOLD, MAX_ITERATIONS, N_TRIAL, N_TRIAL_K_MED,
-                        NUMERICAL_ZERO, SelectionContext, _NormalisedKernel, _block_rows, _ctx, _jitter_seed,
+                        NUMERICAL_ZERO, SelectionContext, _block_rows, _ctx, _jitter_seed, _NormalisedKernel,
                         _pair_uniform, _prepare, _scale, _silent, _sq_dist_block, _symmetrise, check_memory)
 
 
@@ -100,7 +101,6 @@ def select_kmeans(x, m, rng, context: Optional[SelectionContext] = None) -> np.n
 
     Memory: a scaled copy of x plus blocks; time O(n m d) per iteration.
     """
-    import scipy.sparse
     ctx = _ctx(context)
     x = _prepare("kmeans", x, m)
     if m == 0:

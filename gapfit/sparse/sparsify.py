@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..options.syntax import split_fields
 from ..runtime.spill import drop_pages, take_rows
 from . import clustering
 from .dedup import unique_mask
@@ -269,7 +270,6 @@ def choose_sparse_points(spec, x: Optional[np.ndarray], cutoff: Optional[np.ndar
 
 
 def parse_config_type_n_sparse(text: str, where: str) -> Dict[str, int]:
-    from ..options.syntax import split_fields
     fields = split_fields(text, separators=" :;", what="config_type_n_sparse")
     if len(fields) % 2:
         raise ConfigError(f"config_type_n_sparse {where} must be pairs {{type:count:...}}; got {text!r}")
