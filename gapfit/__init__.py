@@ -6,9 +6,9 @@ quippy and LAMMPS load, and :class:`gapfit.GapCalculator` evaluates them in ASE
 (:class:`gapfit.CommitteeCalculator` a committee of them; :func:`gapfit.read_model`, :func:`gapfit.write_model`).
 """
 
-__version__ = "0.1.0"
 
 from .errors import ConfigError, DataError, GapfitError, ModelError, NumericalError  # noqa: F401
+from .version import __version__  # noqa: F401
 
 #: the API's names, imported when first used: ``import gapfit`` stays cheap (no SciPy, no MPI) for the
 #: CLI's error paths

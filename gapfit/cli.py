@@ -13,8 +13,8 @@ import os
 import sys
 import traceback
 
-from . import __version__
 from .errors import ConfigError, GapfitError
+from .version import __version__
 
 
 def main(argv=None) -> int:

@@ -6,11 +6,11 @@ import os
 
 from ase.data import chemical_symbols
 
-from .. import __version__
 from ..config.fit_config import FitConfig
 from ..linalg.scalapack import scalapack_info
 from ..options.top_level import TOP_LEVEL
 from ..runtime.report import Reporter
+from ..version import __version__
 from .preflight import FitSetup
 
 

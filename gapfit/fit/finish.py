@@ -11,7 +11,6 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .. import __version__
 from ..config.fit_config import FitConfig
 from ..kernels.functions import THETA_KERNELS
 from ..model.calculator import GapPotential
@@ -21,6 +20,7 @@ from ..model.scores import file_errors, report_errors
 from ..runtime.files import write_files_atomically
 from ..runtime.parallel import rank0_call, rank0_only
 from ..runtime.report import Reporter, human_bytes
+from ..version import __version__
 from .preflight import FitSetup
 from .solve_phase import FitSolution
 from .sparse_phase import SparsePoints

@@ -12,43 +12,16 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from scipy.optimize import minimize
 
-from ..data.targets import SigmaTable
+from ..config.refit_keys import REFIT_KEYS, Settings, apply_refit_keys, scalar_value
 from ..errors import ConfigError, NumericalError
-from ..options.syntax import quote_value
 
-#: keys a refit takes; energy_sigma, force_sigma and virial_sigma set one entry of default_sigma
-REFIT_KEYS = ("default_sigma", "config_type_sigma", "delta", "sparse_jitter",
-              "energy_sigma", "force_sigma", "virial_sigma")
 OBJECTIVES = ("likelihood", "energy", "forces", "virial")
-_SIGMA_INDEX = {"energy_sigma": 0, "force_sigma": 1, "virial_sigma": 2}
-
-
-@dataclass
-class Settings:
-    """The regularisation of one (re)fit."""
-
-    default_sigma: List[float]
-    config_type_sigma: str
-    deltas: List[float]
-    sparse_jitter: float
-    given: Dict[str, object] = field(default_factory=dict)  # the keys as the user gave them
-
-    def table(self) -> SigmaTable:
-        return SigmaTable(self.default_sigma, self.config_type_sigma, key="config_type_sigma")
-
-    def words(self) -> str:
-        """The settings as gap_fit options (for the model's command line)."""
-        words = [f"default_sigma={{{' '.join(f'{s:g}' for s in self.default_sigma)}}}",
-                 f"sparse_jitter={self.sparse_jitter:g}"]
-        if self.config_type_sigma.strip():
-            words.append(f"config_type_sigma={quote_value(self.config_type_sigma)}")
-        return " ".join(words)
 
 
 def base_settings(problem) -> Settings:
@@ -59,54 +32,11 @@ def base_settings(problem) -> Settings:
 
 
 def settings(problem, base: Settings, **keys) -> Settings:
-    """``base`` with the refit keys changed (ConfigError naming a bad key or value)."""
-    unknown = sorted(set(keys) - set(REFIT_KEYS))
-    if unknown:
-        raise ConfigError(f"refit: unknown key '{unknown[0]}' (the keys are {', '.join(REFIT_KEYS)})")
-    out = replace(base, default_sigma=list(base.default_sigma), deltas=list(base.deltas),
-                  given={**base.given, **{k: v for k, v in keys.items() if v is not None}})
-    if keys.get("default_sigma") is not None:
-        values = [float(s) for s in np.ravel(keys["default_sigma"])]
-        if len(values) not in (3, 4):
-            raise ConfigError(f"refit: default_sigma needs 3 or 4 values (energy force virial [hessian]); "
-                              f"got {len(values)}")
-        out.default_sigma = (values + [0.0])[:4]
-    for key, k in _SIGMA_INDEX.items():
-        if keys.get(key) is not None:
-            out.default_sigma[k] = float(keys[key])
-    if any(not (s > 0) for s in out.default_sigma[:2]) or out.default_sigma[2] < 0:
-        raise ConfigError(f"refit: default_sigma {out.default_sigma[:3]} must be positive")
-    cts = keys.get("config_type_sigma")
-    if cts is not None:
-        if isinstance(cts, dict):
-            cts = " ".join(f"{name}:{':'.join(f'{float(x):g}' for x in (list(np.ravel(s)) + [0.0])[:4])}"
-                           for name, s in cts.items())
-        out.config_type_sigma = str(cts)
-    if keys.get("sparse_jitter") is not None:
-        out.sparse_jitter = float(keys["sparse_jitter"])
-        if not out.sparse_jitter >= 0:
-            raise ConfigError(f"refit: sparse_jitter must be ≥ 0 (got {out.sparse_jitter})")
-    delta = keys.get("delta")
-    if delta is not None:
-        n = len(out.deltas)
-        if isinstance(delta, dict):
-            for index, value in delta.items():
-                if not (isinstance(index, (int, np.integer)) and 1 <= index <= n):
-                    raise ConfigError(f"refit: delta is keyed by descriptor number 1..{n} (after add_species); "
-                                      f"got {index!r}")
-                out.deltas[index - 1] = float(value)
-        elif np.ndim(delta) == 0:
-            if n != 1:
-                raise ConfigError(f"refit: the fit has {n} descriptors: give delta as a list of {n} values or a "
-                                  f"dict {{descriptor number: delta}}")
-            out.deltas = [float(delta)]
-        else:
-            values = [float(d) for d in delta]
-            if len(values) != n:
-                raise ConfigError(f"refit: delta has {len(values)} values for {n} descriptors")
-            out.deltas = values
+    """``base`` with the refit keys changed (ConfigError naming a bad key or value), δ checked against the
+    fit's kernels."""
+    out = apply_refit_keys(base, **keys)
+    if keys.get("delta") is not None:
         problem.check_deltas(out.deltas)
-    out.table()  # config_type_sigma's own checks
     return out
 
 
@@ -242,20 +172,9 @@ class ScanResult:
         return out
 
 
-def _scalar_value(chosen: Settings, key: str) -> float:
-    if key in _SIGMA_INDEX:
-        return chosen.default_sigma[_SIGMA_INDEX[key]]
-    if key == "sparse_jitter":
-        return chosen.sparse_jitter
-    if key == "delta" and len(chosen.deltas) == 1:
-        return chosen.deltas[0]
-    raise ConfigError(f"optimise: '{key}' is not a scalar refit key (energy_sigma, force_sigma, virial_sigma, "
-                      f"sparse_jitter, or delta of a one-descriptor fit)")
-
-
 def optimise_settings(problem, start: Settings, keys: List[str], evaluate: Objective, max_evaluations: int):
     """Nelder–Mead over log(values) of ``keys`` from ``start``: (every evaluation's row, the best point)."""
-    x0 = np.log([_scalar_value(start, k) for k in keys])
+    x0 = np.log([scalar_value(start, k) for k in keys])
     if not np.all(np.isfinite(x0)):
         raise ConfigError(f"optimise: every key needs a positive starting value; got "
                           f"{dict(zip(keys, np.exp(x0)))}")
