@@ -11,7 +11,8 @@ Usage (from the repository root, after ``bash scripts/setup.sh``):
 Each program runs in its own scratch directory with OMP_NUM_THREADS=--threads
 (gap_fit is OpenMP-parallel; gapfit uses threaded BLAS).  Peak RSS is the
 child's ru_maxrss from wait4().  ``--skip-gap-fit`` runs gapfit alone (e.g.
-where gap_fit aborts for lack of memory).
+where gap_fit aborts for lack of memory); ``--also CMD`` times another gapfit (another checkout's)
+in the same run, for before/after comparisons of a change.
 """
 
 from __future__ import annotations
@@ -207,6 +208,9 @@ def main(argv=None):
     p.add_argument("--gap-fit", default=shutil.which("gap_fit") or os.path.join(os.path.dirname(sys.executable), "gap_fit"))
     p.add_argument("--gapfit", default=None, help="gapfit command (default: this Python's -m gapfit)")
     p.add_argument("--skip-gap-fit", action="store_true", help="run gapfit only")
+    p.add_argument("--also", default=None, metavar="CMD",
+                   help="another gapfit command timed in the same run (e.g. the checkout before a change: "
+                        "'../old/.venv/bin/python -m gapfit'); its ratio to this gapfit is printed")
     p.add_argument("--keep", action="store_true", help="keep the scratch directories")
     args = p.parse_args(argv)
     if args.list or not args.case:
@@ -227,6 +231,8 @@ def main(argv=None):
     gapfit_cmd = args.gapfit.split() if args.gapfit else [sys.executable, "-m", "gapfit"]
     # gap_fit reports no errors: gapfit's report (a second pass over the data) is left out of the comparison
     programs.append(("gapfit", gapfit_cmd + ["training_errors=F"]))
+    if args.also:
+        programs.append(("also", args.also.split() + ["training_errors=F"]))
     print(f"case {args.case}: {case['about']}")
     print(f"data {data}; {args.threads} thread(s) per program; scratch {scratch}")
     if case.get("same_sparse"):
@@ -260,6 +266,9 @@ def main(argv=None):
     if both:
         g, q = results["gapfit"], results["gap_fit"]
         print(f"| ratio gapfit/gap_fit | {g[1] / q[1]:.3f} | {g[2] / q[2]:.3f} |")
+    if "also" in results and results["also"][0] == 0 and results["gapfit"][0] == 0:
+        g, a = results["gapfit"], results["also"]
+        print(f"| ratio gapfit/also ({args.also}) | {g[1] / a[1]:.3f} | {g[2] / a[2]:.3f} |")
     if "gap_fit" in results and results["gap_fit"][0] != 0:
         lines = open(_log(scratch, case, "gap_fit"), errors="replace").read().strip().splitlines()
         why = [l.strip() for l in lines if "Error allocating" in l or "SYSTEM ABORT" in l or "error" in l.lower()]

@@ -22,7 +22,6 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from ase.data import chemical_symbols
-from lxml import etree
 
 from ..config.targets import parse_ip_args
 from ..descriptors.neighbours import neighbour_list
@@ -129,7 +128,7 @@ class GluePotential:
     ip = "Glue"
 
     def __init__(self, xml_text: str, label: str = "", source: str = "the Glue parameters"):
-
+        from lxml import etree  # lazy: only a fit with a core potential parses XML here
         self.source, self.label = source, label
         text = re.sub(r"^\s*<\?xml[^>]*\?>", "", xml_text)
         try:

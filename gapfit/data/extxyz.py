@@ -26,7 +26,6 @@ from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
-from ase.io import write
 
 from ..descriptors.neighbours import coincident_atoms
 from ..errors import DataError
@@ -543,6 +542,7 @@ class MemorySource:
     def text_lines(self) -> List[str]:
         buf = io.StringIO()
         try:
+            from ase.io import write  # lazy: ase.io is heavy, and only do_copy_at_file of in-memory frames needs it
             write(buf, list(self._atoms), format="extxyz")
         except Exception:  # Frames that are not Atoms: nothing to copy
             return []

@@ -439,7 +439,7 @@ def _lap(timings, name, t0):
 
 
 def _serial_solve(a_local, b_local, n_cols, return_r, extras=None):
-
+    """One process: LAPACK on the local arrays, with ScaLAPACK's argument checks."""
     if not isinstance(a_local, np.ndarray) or a_local.dtype != np.float64 or not a_local.flags.f_contiguous:
         raise TypeError("a_local must be a Fortran-contiguous float64 numpy array")
     if a_local.ndim != 2 or a_local.shape[1] != n_cols:

@@ -22,7 +22,6 @@ from typing import List, Optional, Sequence
 from xml.sax.saxutils import escape
 
 import numpy as np
-from lxml import etree
 
 from ..errors import ModelError
 from ..kernels.functions import BOND_REAL_SPACE, DOT_PRODUCT, THETA_KERNELS
@@ -259,6 +258,7 @@ def read_model(path: str) -> GapModel:
             data = fh.read()
     except OSError as exc:
         raise ModelError(f"cannot read GAP model '{path}': {exc.strerror}") from None
+    from lxml import etree  # lazy: writing a model needs no XML parser
     try:
         parser = etree.XMLParser(huge_tree=True, remove_comments=True, strip_cdata=False)
         root = etree.fromstring(data, parser=parser)

@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from scipy.optimize import minimize
 
 from ..config.refit_keys import REFIT_KEYS, Settings, apply_refit_keys, scalar_value
 from ..errors import ConfigError, NumericalError
@@ -185,6 +184,7 @@ def optimise_settings(problem, start: Settings, keys: List[str], evaluate: Objec
         rows.append(row)
         return row["objective"]
 
+    from scipy.optimize import minimize  # lazy: only optimise needs it (a large import)
     minimize(f, x0, method="Nelder-Mead", options={"maxfev": int(max_evaluations), "xatol": 1e-3, "fatol": 1e-9})
     best = best_index([row["objective"] for row in rows])
     return rows, {k: rows[best][k] for k in keys}
