@@ -9,9 +9,9 @@ Usage (from a checkout, with its .venv):
 Each case fits with the gapfit of the checkout the script is in (``python -m gapfit``, under
 ``mpirun -n 2`` where the case says so) and records the SHA-256 of every file the fit writes (the
 model XML and its sparseX files), with the timestamped label (``GAP_2026_...``) replaced by
-``LABEL`` in names and contents (and the fit's folder by ``FOLDER``).  The cases are the fixtures of tests/test_mpi.py and
-tests/test_streaming.py: distance_2b, soap, angle_3b with a Glue core, distance_Nb, e0_method=joint,
-the streaming solver, and MPI with P = 2.  Run it on the commit before a change and after it, then
+``LABEL`` in names and contents (and the fit's folder by ``FOLDER``).  The cases are the fixtures
+of tests/test_mpi.py and tests/test_streaming.py: distance_2b, soap, angle_3b with a Glue core,
+distance_Nb, e0_method=joint, the streaming solver, sparsify_only_no_fit, and MPI with P = 2.  Run it on the commit before a change and after it, then
 compare: every fingerprint must be equal.
 """
 
