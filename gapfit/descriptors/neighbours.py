@@ -44,7 +44,6 @@ neighbour1) gives the final order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -163,6 +162,7 @@ def _fma(a, b, c):
     naive = ~np.isfinite(r) | ~np.isfinite(e)
     r = np.where(naive, a * b + c, r)
     if unsure.any():
+        from fractions import Fraction  # lazy: the rare exact fallback
         r = np.array(r, copy=True)
         for k in zip(*np.nonzero(unsure & ~naive)):
             r[k] = float(Fraction(float(a[k])) * Fraction(float(b[k])) + Fraction(float(c[k])))
@@ -360,7 +360,6 @@ def coincident_atoms(positions, cell, pbc, tol=0.01):
     data (a duplicated line, a bad merge), which gap_fit would fit silently.  A k-d tree on the
     wrapped positions plus the images of the atoms within ``tol`` of a periodic face.
     """
-
     positions = np.asarray(positions, dtype=float)
     n = positions.shape[0]
     if n < 2:

@@ -13,10 +13,8 @@ import numpy as np
 
 from ..config.fit_config import FitConfig
 from ..kernels.functions import THETA_KERNELS
-from ..model.calculator import GapPotential
 from ..model.gap_xml import CoordinateModel, GapModel, array_file_bytes, write_model
 from ..model.refit import RefitProblem
-from ..model.scores import file_errors, report_errors
 from ..runtime.files import write_files_atomically
 from ..runtime.parallel import rank0_call, rank0_only
 from ..runtime.report import Reporter, human_bytes
@@ -129,6 +127,8 @@ def error_reports(config: FitConfig, data: TrainingData, model: GapModel, comm, 
     out, names = config.outputs, config.targets.names
     if not out.training_errors and not out.test_files:
         return {}
+    from ..model.calculator import GapPotential  # lazy: ASE's calculators only when errors are reported
+    from ..model.scores import file_errors, report_errors
     potential = GapPotential(model)
     errors: Dict[str, dict] = {}
     if out.training_errors:
