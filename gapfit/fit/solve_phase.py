@@ -16,7 +16,7 @@ from ..solve.checkpoint import CheckpointRun
 from ..solve.dense import solve_dense
 from ..solve.linear_system import FitContext, Solution, choose_path
 from ..solve.streaming import solve_streaming
-from ..solve.sinks import KernelRowCache
+from ..solve.sinks import SINKS
 from .preflight import FitSetup
 from .sparse_phase import SparsePoints
 from .training_data import TrainingData
@@ -50,7 +50,7 @@ def solve_phase(config: FitConfig, setup: FitSetup, data: TrainingData, sparse: 
     cache = None
     if keep_kernel_rows:
         my_rows = int(data.frame_rows[data.my_frames].sum())
-        cache = KernelRowCache(n_columns, my_rows)
+        cache = SINKS["cache"](n_columns, my_rows)
         log(f"Keeping the kernel rows for refits ({human_bytes(8.0 * my_rows * n_columns)} per rank, "
             f"{'in memory' if cache.in_memory else 'in a temporary file'})")
     ctx = FitContext(comm=comm, log=log, config=config, source=data.source, entries=data.entries, owner=data.owner,

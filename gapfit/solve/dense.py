@@ -16,7 +16,7 @@ from ..runtime.report import human_bytes
 from .fold import log_u_diag
 from .linear_system import (FitContext, Solution, cholesky_of_kmm, log_condition_number, log_evidence, log_rates,
                             produce_rows)
-from .sinks import DenseRows
+from .sinks import SINKS
 
 
 def block_sizes(unified_rows: int, n_sparse: int, mb: int, nb: int):
@@ -34,7 +34,7 @@ def solve_dense(ctx: FitContext, stats) -> Solution:
     layout = _layout(ctx)
     a_local, b_local = _allocate(layout.n_local, n_sparse)
     with log.phase("Covariance K_NM (descriptors and kernel rows)"):
-        sink = DenseRows(a_local, b_local)
+        sink = SINKS["dense"](a_local, b_local)
         produce_rows(ctx, sink, stats, ctx.my_frames(), layout.n_data_local)
     log_rates(ctx, stats)
     if sink.rows != layout.n_data_local:

@@ -15,7 +15,7 @@ from ..runtime.report import human_bytes
 from .fold import FoldAndSolve
 from .linear_system import (FitContext, Solution, cholesky_of_kmm, log_condition_number, log_evidence, log_rates,
                             produce_rows, streaming_bytes)
-from .sinks import FoldRows
+from .sinks import SINKS
 
 
 def remaining_frames(ctx: FitContext, done: np.ndarray) -> np.ndarray:
@@ -79,7 +79,7 @@ def _fold_rows(ctx: FitContext, factor: TriangularFactor, stats, frames, n_rows_
     with log.phase("Covariance K_NM, folded (descriptors, kernel rows, QR updates)"):
         t0 = time.perf_counter()
         after = (lambda ids: run.after_chunk(factor, ids)) if run is not None else None
-        produce_rows(ctx, FoldRows(factor), stats, frames, n_rows_local, after)
+        produce_rows(ctx, SINKS["streaming"](factor), stats, frames, n_rows_local, after)
         if run is not None:  # a stopped run saves its buffered rows unfolded: resuming rounds as without the stop
             run.end(factor, int(np.count_nonzero(ctx.frame_rows > 0)))
         factor.flush()
