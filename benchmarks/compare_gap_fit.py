@@ -73,6 +73,30 @@ CASES = {
                    "cutoff_transition_width=0.5 central_weight=1.0 n_sparse=1000 delta=0.1 "
                    "covariance_type=dot_product sparse_method=cur_points}",
     },
+    "ta_soap_turbo": {
+        "about": "Fe GAP-22's gap string on Ta (distance_Nb order 2 + two soap_turbo l8 a8, compress_mode=trivial; "
+                 "1000 CUR points each instead of config_type_n_sparse) (issue 20)",
+        "data": "../shared/data/ta_snap/Ta_snap_train.xyz",
+        "options": DATA_OPTIONS + " gap={distance_Nb order=2 cutoff=5.0 n_sparse=25 covariance_type=ard_se delta=1.0 "
+                   "theta_uniform=2.5 sparse_method=uniform compact_clusters=True" + "".join(
+                       f" : soap_turbo l_max=8 alpha_max={{{{8}}}} atom_sigma_r={{{{{s}}}}} atom_sigma_t={{{{{s}}}}} "
+                       f"atom_sigma_r_scaling={{{{0.0}}}} atom_sigma_t_scaling={{{{0.0}}}} zeta=4 rcut_hard={rh} "
+                       f"rcut_soft={rs} delta=1.0 basis=poly3 scaling_mode=polynomial amplitude_scaling={{{{1.0}}}} "
+                       f"n_species=1 species_Z={{73}} add_species=F compress_mode=trivial radial_enhancement=1 "
+                       f"central_weight={{{{1.0}}}} covariance_type=dot_product n_sparse=1000 sparse_method=cur_points"
+                       for s, rh, rs in ((0.25, 3.0, 2.5), (0.5, 5.0, 4.0))) + "}",
+    },
+    "inp_soap_turbo": {
+        "about": "two species, turboGAP-style: distance_2b + soap_turbo l4 a{4 4} poly3gauss r_h 4 (as inp_small), add_species "
+                 "(one term per centre species, central_index 1 and 2), 500 CUR points each (issue 20)",
+        "data": "../shared/data/inp_snap/InP_snap_train.xyz",
+        "options": DATA_OPTIONS + " gap={" + D2B + " : soap_turbo l_max=4 alpha_max={{4 4}} "
+                   "atom_sigma_r={{0.3 0.3}} atom_sigma_t={{0.3 0.3}} atom_sigma_r_scaling={{0.1 0.1}} "
+                   "atom_sigma_t_scaling={{0.1 0.1}} amplitude_scaling={{1.0 1.0}} central_weight={{1.0 1.0}} "
+                   "rcut_hard=4.0 rcut_soft=3.5 basis=poly3gauss scaling_mode=polynomial radial_enhancement=1 "
+                   "n_species=2 species_Z={{49 15}} compress_mode=trivial zeta=4 delta=0.1 "
+                   "covariance_type=dot_product n_sparse=500 sparse_method=cur_points}",
+    },
     "inp_small": {
         "about": "InP-small: distance_2b + soap l4 n4 cutoff 4, 500 CUR points per species (issue 3)",
         "data": "../shared/data/inp_snap/InP_snap_train.xyz",

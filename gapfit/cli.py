@@ -16,6 +16,15 @@ import traceback
 from .errors import ConfigError, GapfitError
 from .version import __version__
 
+# NumPy and SciPy each load their own OpenBLAS, and each library's idle threads busy-wait for 2^28
+# cycles (~0.1 s) after a call, holding the cores the other library's next call needs: the fit
+# alternates them (kernel rows in NumPy, folds and factorisations in SciPy's LAPACK).  2^20 cycles
+# (~0.4 ms) halves the streaming fold's and the kernel rows' wall time on 2 cores (benchmarks/
+# compare_gap_fit.py inp_soap_turbo, 1/8 of the frames: fold 6.0 -> 3.4 s, kernel rows 2.6 -> 1.5 s)
+# and changes no result (the threads share the work as before).  Read when OpenBLAS loads, so here,
+# before anything imports NumPy; a value the user sets wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -16,6 +16,7 @@ from scipy.spatial.distance import cdist
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 QUIP_TESTS = DATA / "quip_gapfit_tests"
+CORE_DATA = DATA / "core"
 TA_XYZ = ROOT / "examples" / "data" / "Ta_snap_train.xyz"
 
 
@@ -63,16 +64,17 @@ def prediction_differences(xml_a, xml_b, frames):
     return de, df
 
 
-def positions_rounding_floor(folder, held_out, n=3, config="sparse.xml.fit.cfg", reference="gapfit.xml"):
+def positions_rounding_floor(folder, held_out, n=3, config="sparse.xml.fit.cfg", reference="gapfit.xml",
+                             train="train.xyz"):
     """The rounding floor of an ill-conditioned fit: the largest change of gapfit's predictions on
     ``held_out`` (eV/atom, eV/Å) when every training position moves by ±1 ulp, same sparse points.
 
-    Refits ``folder/train.xyz`` ``n`` times with the options file ``config`` (whose sparse-point
+    Refits ``folder/train`` ``n`` times with the options file ``config`` (whose sparse-point
     files are named relative to ``folder``) and compares with ``folder/reference``."""
     from ase.io import read
     from gapfit import GapFit
     folder = Path(folder)
-    frames = read(str(folder / "train.xyz"), ":")
+    frames = read(str(folder / train), ":")
     worst_e = worst_f = 0.0
     cwd = os.getcwd()
     os.chdir(folder)
@@ -94,11 +96,38 @@ def positions_rounding_floor(folder, held_out, n=3, config="sparse.xml.fit.cfg",
     return worst_e, worst_f
 
 
+def calculator_differences(calc_a, calc_b, frames):
+    """Max |ΔE|, max |ΔF| between two calculators, and the largest |E| and |F| (for relative measures)."""
+    de = df = e_scale = f_scale = 0.0
+    for atoms in frames:
+        a, b = atoms.copy(), atoms.copy()
+        a.calc, b.calc = calc_a, calc_b
+        e, f = a.get_potential_energy(), a.get_forces()
+        de, df = max(de, abs(e - b.get_potential_energy())), max(df, np.abs(f - b.get_forces()).max())
+        e_scale, f_scale = max(e_scale, abs(e)), max(f_scale, np.abs(f).max())
+    return de, df, e_scale, f_scale
+
+
+def evaluation_rounding_floor(xml, calc, frames, n=3):
+    """Largest change of ``calc``'s predictions when every α of ``xml`` moves by ±1 ulp (the model's own floor)."""
+    from gapfit.model.calculator import GapCalculator
+    from gapfit.model.gap_xml import read_model
+    worst_e = worst_f = 0.0
+    for seed in range(n):
+        rng = np.random.default_rng(seed)
+        model = read_model(str(xml))
+        for c in model.coordinates:
+            c.alpha = c.alpha * (1.0 + rng.choice([-1.0, 1.0], c.alpha.shape) * 2.0 ** -52)
+        de, df, _, _ = calculator_differences(calc, GapCalculator(model=model), frames)
+        worst_e, worst_f = max(worst_e, de), max(worst_f, df)
+    return worst_e, worst_f
+
+
 def same_sparse_points(xml, *drop):
     """A config file for fits with the sparse points of ``xml`` (sparse_method=file; gapfit's two-step helper)."""
     from gapfit.fit.two_step import prepare_second_run
     _, cfg = prepare_second_run(str(xml))
-    lines = [line for line in open(cfg).read().splitlines() if not line.split("=")[0] in drop]
+    lines = [line for line in open(cfg).read().splitlines() if line.split("=")[0] not in drop]
     with open(cfg, "w") as fh:
         fh.write("\n".join(lines) + "\n")
     return os.path.basename(cfg)

@@ -15,6 +15,8 @@ FRAME = ('2\nLattice="5 0 0 0 5 0 0 0 5" Properties=species:S:1:pos:R:3:forces:R
          "Si 0 0 0 0.1 0 0\nSi 1.5 1.5 1.5 -0.1 0 0\n")
 ISOLATED = ('1\nLattice="20 0 0 0 20 0 0 0 20" Properties=species:S:1:pos:R:3:forces:R:3 energy=-0.5\n'
             "Si 0 0 0 0 0 0\n")
+TURBO = ("gap={{soap_turbo l_max=4 {} atom_sigma=0.5 rcut_hard=4.5 n_species=2 species_Z={{{{14 6}}}} "
+         "n_sparse=10 delta=1 covariance_type=dot_product zeta=4}}")
 TINY = ["at_file=tiny.xyz", "force_parameter_name=forces", "default_sigma={0.01 1.0 0.5 0.0}", "gp_file=gp.xml"]
 
 CASES = {
@@ -60,6 +62,16 @@ CASES = {
                                                "checkpoint_file 'nodir/fit.ckpt': directory"),
     "print_sparse_index in a missing directory": (SI + [GOOD_GAP.replace("}", " print_sparse_index=nodir/i.txt}")],
                                                   "print_sparse_index 'nodir/i.txt': directory"),
+    # soap_turbo (issue 20): refused before the data are read, naming the key as typed
+    "soap_turbo alpha_max for 3 species of 2": (SI + [TURBO.format("alpha_max={{4 4 4}}")],
+                                                "the 'alpha_max' key in descriptor"),
+    "soap_turbo rcut_soft above rcut_hard": (SI + [TURBO.format("alpha_max={{4 4}} rcut_soft=5.0")],
+                                             "the 'rcut_soft' key"),
+    "soap_turbo unknown basis": (SI + [TURBO.format("alpha_max={{4 4}} basis=poly3tab")], "the 'basis' key"),
+    "soap_turbo compress_mode": (SI + [TURBO.format("alpha_max={{4 4}} compress_mode=fancy")],
+                                 "the 'compress_mode' key"),
+    "compressed soap K=0 with mixing": (SI + ["gap={soap l_max=4 n_max=4 atom_sigma=0.5 cutoff=4 R_mix=T "
+                                              "covariance_type=dot_product zeta=2 delta=1 n_sparse=10}"], "'K' key"),
     "missing test_file": (SI + [GOOD_GAP, "test_file=nothere.xyz"], "test_file 'nothere.xyz' does not exist"),
     "a frame with no atoms": (TINY + [GOOD_GAP], "frame 2 (line 4) of tiny.xyz: the frame has no atoms"),
     "two atoms on one spot": (TINY + [GOOD_GAP], "frame 2 (line 4) of tiny.xyz: atom 1 (line 6) and atom 3 "

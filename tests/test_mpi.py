@@ -36,6 +36,17 @@ TA = ["e0_method=average", "energy_parameter_name=energy", "force_parameter_name
 GAP_SOAP = GAP_2B + (" : soap l_max=4 n_max=6 atom_sigma=0.5 cutoff=4.0 cutoff_transition_width=0.5 delta=0.2 "
                      "covariance_type=dot_product zeta=2 n_sparse=60 sparse_method=cur_points")
 
+# issue 20: soap_turbo (add_species makes one coordinate per centre species, central_index=1, 2) and
+# compressed soap (random species/radial mixing)
+GAP_SOAP_TURBO = GAP_2B + (" : soap_turbo l_max=4 alpha_max={{4 4}} atom_sigma_r={{0.4 0.4}} atom_sigma_t={{0.4 0.4}} "
+                           "atom_sigma_r_scaling={{0.0 0.0}} atom_sigma_t_scaling={{0.0 0.0}} "
+                           "amplitude_scaling={{1.0 1.0}} central_weight={{1.0 1.0}} rcut_hard=4.0 rcut_soft=3.5 "
+                           "n_species=2 species_Z={{14 6}} compress_mode=trivial delta=0.2 "
+                           "covariance_type=dot_product zeta=2 n_sparse=30 sparse_method=cur_points")
+GAP_SOAP_MIXED = GAP_2B + (" : soap l_max=4 n_max=6 atom_sigma=0.5 cutoff=4.0 cutoff_transition_width=0.5 R_mix=T "
+                           "Z_mix=T K=5 delta=0.2 covariance_type=dot_product zeta=2 n_sparse=60 "
+                           "sparse_method=cur_points")
+
 CORE = os.path.join(os.path.dirname(__file__), "data", "core", "sic_test_glue.xml")
 GAP_3B_CORE = ("distance_2b cutoff=4.0 covariance_type=pp delta=1.0 theta_uniform=3.0 n_sparse=15 sparse_method=uniform "
                ": angle_3b cutoff=3.0 cutoff_transition_width=0.8 covariance_type=pp delta=0.5 f0=0.1 "
@@ -56,6 +67,8 @@ CASES = {
     "SiC.np2 2b+angle_3b (pp) + Glue core": (QUIP_TESTS / "SiC.np2.xyz",
                                              SI + ["e0_method=average", "core_ip_args={IP Glue label=SiC_test}",
                                                    f"core_param_file={CORE}"], GAP_3B_CORE),
+    "SiC.np2 soap_turbo": (QUIP_TESTS / "SiC.np2.xyz", SI, GAP_SOAP_TURBO),
+    "SiC.np2 compressed soap": (QUIP_TESTS / "SiC.np2.xyz", SI, GAP_SOAP_MIXED),
     "SiC.np2 distance_Nb": (QUIP_TESTS / "SiC.np2.xyz", SI + ["e0_method=average"], GAP_NB),
     "SiC.np2 e0_method=joint": (QUIP_TESTS / "SiC.np2.xyz", SI + ["e0_method=joint"], GAP_2B),
 }
@@ -126,7 +139,7 @@ def test_same_model_for_every_p(tmp_path, tmp_path_factory, case):
         assert worst_alpha < 1e-6 and worst_e < 1e-8 and worst_f < 1e-8
 
 
-@pytest.mark.parametrize("case", ["Ta soap", "SiC.np2 soap"])
+@pytest.mark.parametrize("case", ["Ta soap", "SiC.np2 soap", "SiC.np2 soap_turbo", "SiC.np2 compressed soap"])
 def test_streaming_equals_dense(tmp_path, tmp_path_factory, case):
     """Rows folded into a triangular factor (per rank, combined by a tree) give the dense QR's model.
 

@@ -92,8 +92,28 @@ def test_gap_split():
     assert split_gap_string("A : B") == ["A", " B"]
     assert split_gap_string("{A}:{B}") == ["A", "B"]
     assert split_gap_string("soap n_species=2 species_Z={14 6} Z=14") == ["soap n_species=2 species_Z={14 6} Z=14"]
-    with pytest.raises(ConfigError, match="empty descriptor"):
-        split_gap_string("A ::B")
+
+
+@pytest.mark.parametrize("value, pieces", [
+    # what gap_fit 0.10.3 accepts (checked with its binary): a trailing separator (the TurboGAP school's
+    # templates end with ': }'), a run of separators, a separator at the very start
+    ("A : B : ", ["A", " B"]), ("A ; ", ["A"]), ("A ::B", ["A", "B"]), ("A :;B", ["A", "B"]), ("A :: ", ["A"]),
+    ("::A", ["A"]),
+])
+def test_gap_split_blank_pieces_as_gap_fit(value, pieces):
+    assert split_gap_string(value) == pieces
+
+
+@pytest.mark.parametrize("value, number", [("A : : ", 2), (" : A : ", 1), (" :A", 1), ("A: :A", 2)])
+def test_gap_split_refuses_blank_pieces_gap_fit_refuses(value, number):
+    # gap_fit 0.10.3: "failed to parse gap string (number)=''"
+    with pytest.raises(ConfigError, match=rf"descriptor {number} of gap=\{{.*\}} is empty"):
+        split_gap_string(value)
+
+
+def test_gap_split_refuses_a_blank_gap():
+    with pytest.raises(ConfigError, match="names no descriptor"):
+        split_gap_string(" ")
 
 
 def test_gap_piece_unknown_key_and_suggestion():

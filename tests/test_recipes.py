@@ -27,11 +27,11 @@ from ase.io import read, write
 from gapfit.model.calculator import GapCalculator
 from gapfit.model.gap_xml import read_model
 
-from conftest import QUIP_TESTS, config_words, positions_rounding_floor, prediction_differences, run_gapfit
+from conftest import (CORE_DATA, QUIP_TESTS, calculator_differences, config_words, evaluation_rounding_floor,
+                      positions_rounding_floor, prediction_differences, run_gapfit)
 
 pytestmark = pytest.mark.oracle
 
-CORES = os.path.join(os.path.dirname(__file__), "data", "core")
 SI_KEYS = ["energy_parameter_name=dft_energy", "force_parameter_name=dft_force", "virial_parameter_name=dft_virial",
            "config_type_parameter_name=config_type"]
 
@@ -86,7 +86,7 @@ def test_same_model_as_gap_fit(tmp_path, gap_fit, recipe):
     quippy = pytest.importorskip("quippy.potential")
     data, gap, options, every = RECIPES[recipe]
     held_out = _split(tmp_path, data, every)
-    shutil.copy(os.path.join(CORES, "si_gap18_glue.xml"), tmp_path / "glue.xml")
+    shutil.copy(CORE_DATA / "si_gap18_glue.xml", tmp_path / "glue.xml")
     common = ["at_file=train.xyz", "gap={" + gap + "}", *SI_KEYS, *options, "rnd_seed=1", "do_copy_at_file=F"]
     proc = run_gapfit(common + ["gp_file=sparse.xml", "sparsify_only_no_fit=T"], tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -118,36 +118,11 @@ def test_same_model_as_gap_fit(tmp_path, gap_fit, recipe):
         assert de < 10 * floor_e and df < 10 * floor_f
     # QUIP loads gapfit's model (the core included) and agrees with gapfit's calculator
     pot, calc = quippy.Potential(param_filename=str(tmp_path / "gapfit.xml")), GapCalculator(str(tmp_path / "gapfit.xml"))
-    de, df, e_scale, f_scale = _differences(pot, calc, held_out)
+    de, df, e_scale, f_scale = calculator_differences(pot, calc, held_out)
     print(f"{recipe}: quippy vs gapfit's calculator: energies {de / e_scale:.1e}, forces {df / f_scale:.1e} "
           f"(relative to the largest)")
     if not (de < 1e-8 * e_scale and df < 1e-8 * f_scale):
-        floor_e, floor_f = _evaluation_floor(tmp_path / "gapfit.xml", calc, held_out)
+        floor_e, floor_f = evaluation_rounding_floor(tmp_path / "gapfit.xml", calc, held_out)
         print(f"{recipe}: 1-ulp changes of α move gapfit's own predictions by {floor_e / e_scale:.1e} (energies) and "
               f"{floor_f / f_scale:.1e} (forces), relative")
         assert de < 10 * floor_e and df < 10 * floor_f
-
-
-def _differences(calc_a, calc_b, frames):
-    """Max |ΔE|, max |ΔF| between two calculators, and the largest |E| and |F| (for relative measures)."""
-    de = df = e_scale = f_scale = 0.0
-    for atoms in frames:
-        a, b = atoms.copy(), atoms.copy()
-        a.calc, b.calc = calc_a, calc_b
-        e, f = a.get_potential_energy(), a.get_forces()
-        de, df = max(de, abs(e - b.get_potential_energy())), max(df, np.abs(f - b.get_forces()).max())
-        e_scale, f_scale = max(e_scale, abs(e)), max(f_scale, np.abs(f).max())
-    return de, df, e_scale, f_scale
-
-
-def _evaluation_floor(xml, calc, frames, n=3):
-    """Largest change of the predictions when every α moves by ±1 ulp (the model's own rounding floor)."""
-    worst_e = worst_f = 0.0
-    for seed in range(n):
-        rng = np.random.default_rng(seed)
-        model = read_model(str(xml))
-        for c in model.coordinates:
-            c.alpha = c.alpha * (1.0 + rng.choice([-1.0, 1.0], c.alpha.shape) * 2.0 ** -52)
-        de, df, _, _ = _differences(calc, GapCalculator(model=model), frames)
-        worst_e, worst_f = max(worst_e, de), max(worst_f, df)
-    return worst_e, worst_f

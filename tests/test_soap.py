@@ -358,16 +358,6 @@ def test_aliases_and_defaults():
 
 
 @pytest.mark.parametrize("extra, culprit", [
-    ("nu_R=1", "nu_R"), ("nu_S=0", "nu_S"), ("Z_mix=T", "Z_mix"), ("R_mix=T", "R_mix"), ("sym_mix=T", "sym_mix"),
-    ("coupling=F", "coupling"), ("K=3", "'K"), ("mix_shift=1", "mix_shift"), ("Z_map=something", "Z_map"),
-])
-def test_compression_keys_are_refused(extra, culprit):
-    with pytest.raises(ConfigError, match="not implemented") as err:
-        make("soap cutoff=3 l_max=2 n_max=2 atom_sigma=0.5 " + extra)
-    assert culprit in str(err.value)
-
-
-@pytest.mark.parametrize("extra, culprit", [
     ("species_Z={14}", "n_species"),
     ("n_species=2", "species_Z"),
     ("n_species=2 species_Z={14}", "species_Z"),

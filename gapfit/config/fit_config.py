@@ -140,7 +140,8 @@ def build_config(opts: TopLevelOptions) -> FitConfig:
     v = opts.values
     gaps = tuple(parse_gap_piece(p, i + 1) for i, p in enumerate(opts.gap_pieces))
     for spec in gaps:
-        descriptor = spec.make_descriptor()  # the descriptor's own checks (cutoffs, l_max, ...) before any work
+        # the descriptor's own checks (cutoffs, l_max, ...) before any work; those on the species after add_species
+        descriptor = spec.make_descriptor(template=spec.gp.add_species)
         _check_theta_factor(spec, descriptor.dimensions)
     config = FitConfig(options=opts, targets=_targets(opts), gaps=gaps, sparse=_sparse(v), solver=_solver(v),
                        checkpoint=CheckpointConfig(file=v["checkpoint_file"], interval=v["checkpoint_interval"],

@@ -87,9 +87,11 @@ class GapSpec:
     def where(self) -> str:
         return f"in gap descriptor {self.index} ({self.descriptor_type})"
 
-    def make_descriptor(self):
+    def make_descriptor(self, template: bool = False):
+        """The descriptor; ``template``: of a piece add_species will expand (:meth:`Descriptor.template`)."""
         cls = descriptor_class(self.descriptor_type)
-        return cls(self.descriptor_params, piece=self.piece, given=self.descriptor_given)
+        make = cls.template if template else cls
+        return make(self.descriptor_params, piece=self.piece, given=self.descriptor_given)
 
 
 def parse_gap_piece(piece: str, index: int) -> GapSpec:

@@ -19,13 +19,14 @@ REGISTRY: Dict[str, Tuple[str, str]] = {
     "soap": ("gapfit.descriptors.soap", "Soap"),
     "angle_3b": ("gapfit.descriptors.angle_3b", "Angle3b"),
     "distance_Nb": ("gapfit.descriptors.distance_nb", "DistanceNb"),
+    "soap_turbo": ("gapfit.descriptors.soap_turbo", "SoapTurbo"),
 }
 
 # QUIP descriptor keywords gapfit recognises but does not implement (clear refusal).
 QUIP_ONLY = (
     "bispectrum_so4", "bispectrum_so3", "behler", "distance_3b", "coordination",
     "co_angle_3b", "co_distance_2b", "cosnx", "trihis", "water_monomer", "water_dimer", "a2_dimer",
-    "ab_dimer", "atom_real_space", "power_so3", "power_so4", "soap_turbo", "soap_express",
+    "ab_dimer", "atom_real_space", "power_so3", "power_so4", "soap_express",
     "rdf", "as_distance_2b", "molecule_lo_d", "alex", "com_dimer",
     "general_monomer", "general_dimer", "general_trimer", "water_trimer", "bond_real_space",
     "an_monomer", "transfer",

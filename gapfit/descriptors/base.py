@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Dict, List, Optional, Sequence
+from typing import ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -79,6 +79,8 @@ class Descriptor:
         self.params = dict(params)
         self.piece = piece
         self.given = set(given)  # keys given explicitly in the piece
+        #: what the fit's log should say about these settings (accepted, but read as QUIP reads them)
+        self.warnings: Tuple[str, ...] = ()
 
     @property
     def cutoff(self) -> float:
@@ -115,6 +117,12 @@ class Descriptor:
     def splittable(self) -> bool:
         """Whether :meth:`calc` with ``atoms`` subsets partitions the instances."""
         return True
+
+    @classmethod
+    def template(cls, params: Dict, piece: str = "", given=()) -> "Descriptor":
+        """The descriptor of a piece that ``add_species=T`` will expand, for the checks made before the data
+        is read: the checks that depend on the data's species wait for the expansion (by default: none)."""
+        return cls(params, piece=piece, given=given)
 
     @classmethod
     def expand_species(cls, piece: str, species: List[int]) -> List[str]:

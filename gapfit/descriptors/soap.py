@@ -42,11 +42,19 @@ An environment whose power spectrum vanishes (no neighbour and
 ``central_weight=0``) gives a zero vector instead of QUIP's NaN in local mode
 (QUIP's average mode does the same with ``tiny``).
 
-Parameters: every key of QUIP's ``soap_initialise``.  The compression and mixing
-variants (``nu_R``, ``nu_S``, ``Z_mix``, ``R_mix``, ``sym_mix``, ``coupling``,
-``K``, ``mix_shift``, ``Z_map``) are refused unless they have their default
-value; so are a ``species_Z`` wildcard 0 with ``n_species > 1`` and repeated
-elements in ``species_Z`` (QUIP's gradients are inconsistent there).
+Parameters: every key of QUIP's ``soap_initialise``.  A ``species_Z`` wildcard 0 with
+``n_species > 1`` and repeated elements in ``species_Z`` are refused (QUIP's gradients are
+inconsistent there); the checks are in :mod:`gapfit.descriptors.soap_params`.
+
+Compression (``nu_R``, ``nu_S``, ``R_mix``, ``Z_mix``, ``sym_mix``, ``K``, ``mix_shift``,
+``coupling``, ``Z_map``; docs/dev/soap_compression.md): the expansion's channels are mixed by
+two matrices (:mod:`gapfit.descriptors.soap_mixing`: QUIP's random normals bit for bit, or 0/1
+sums) and coupled in pairs (:mod:`gapfit.descriptors.soap_compressed`).  Without any of them
+(``coupling=T``, ``nu_R = nu_S = 2``, no mixing, no ``Z_map``) the original power spectrum is
+used, as QUIP does (``descriptors.F90:7977-7980``).  QUIP's errors are refused with its meaning,
+as are the cases it cannot evaluate (``K < 1`` with mixing, unusable seeds, ``Z_map`` strings it
+misreads); ``nu_S`` is ignored with mixing or ``Z_map``, as by QUIP.
+
 ``xml_version`` drives both of QUIP's switches (centre Gaussian in every channel
 below 1426512068, no 1/√(2l+1) below 1423143769), as QUIP does when it loads a
 GAP XML with that ``gap_version``.
@@ -81,6 +89,9 @@ from ..options.schema import (Param, Schema, at_least_one, int_list, non_negativ
                               to_str)
 from .base import Descriptor, DescriptorValues, coordination_function, d_coordination_function
 from .soap_basis import RadialBasis, real_spherical_harmonics
+from .soap_compressed import CompressedPowerSpectrum
+from .soap_mixing import build_compression
+from .soap_params import centre_elements, check_compression, species_channels
 from .soap_power import PowerSpectrum
 
 #: gap_version from which the centre Gaussian goes only into the centre's own channel by default
@@ -89,10 +100,6 @@ VERSION_CENTRAL_REFERENCE = 1426512068
 VERSION_TWO_L_PLUS_ONE = 1423143769
 
 _RADIAL_BASES = ("EQUISPACED_GAUSS", "GTO", "POLY")
-
-# Compression and mixing keys of soap_initialise: registered, only their defaults are implemented.
-_NOT_IMPLEMENTED = {"nu_R": 2, "nu_S": 2, "Z_mix": False, "R_mix": False, "sym_mix": False,
-                    "coupling": True, "K": 0, "mix_shift": 0, "Z_map": ""}
 
 # Bytes of per-pair work arrays processed at once (neighbour terms).
 _PAIR_CHUNK_BYTES = 48 << 20
@@ -149,70 +156,32 @@ class Soap(Descriptor):
         Param("n_species", to_int, 1, check=at_least_one, help="number of neighbour species channels"),
         Param("species_Z", int_list(), None, help="atomic numbers of the neighbour channels; set by add_species"),
         Param("xml_version", to_int, VERSION_CENTRAL_REFERENCE, help="QUIP compatibility switches of old models"),
-        Param("nu_R", to_int, 2, help="compression: radial body order (only the default 2 is supported)"),
-        Param("nu_S", to_int, 2, help="compression: species body order (only the default 2 is supported)"),
-        Param("Z_mix", to_bool, False, help="compression: mix species channels (not supported)"),
-        Param("R_mix", to_bool, False, help="compression: mix radial channels (not supported)"),
-        Param("sym_mix", to_bool, False, help="compression: symmetric mixing (not supported)"),
-        Param("coupling", to_bool, True, help="compression: coupled power spectrum (only T is supported)"),
-        Param("K", to_int, 0, help="compression: number of mixed channels (not supported)"),
-        Param("mix_shift", to_int, 0, help="compression: mixing seed shift (not supported)"),
-        Param("Z_map", to_str, "", help="compression: species map (not supported)"),
+        Param("nu_R", to_int, 2, help="compression: radially sensitive correlation order (0, 1 or 2)"),
+        Param("nu_S", to_int, 2, help="compression: species sensitive correlation order (0, 1 or 2)"),
+        Param("Z_mix", to_bool, False, help="compression: mix the species channels at random (K mixtures)"),
+        Param("R_mix", to_bool, False, help="compression: mix the radial channels at random (K mixtures)"),
+        Param("sym_mix", to_bool, False, help="compression: the same mixing for both densities"),
+        Param("coupling", to_bool, True,
+              help="compression: T the full product of the two densities, F channel by channel"),
+        Param("K", to_int, 0, help="compression: number of mixed channels of R_mix/Z_mix"),
+        Param("mix_shift", to_int, 0, help="compression: added to the seeds of the random mixing"),
+        Param("Z_map", to_str, "", help="compression: element groups, e.g. {6 14:6, 14} (',' groups, ':' densities)"),
         Param("radial_basis", _radial_basis_choice, "EQUISPACED_GAUSS",
               help="radial basis: EQUISPACED_GAUSS (QUIP's default), GTO or POLY"),
     ])
 
-    def __init__(self, params, piece="", given=()):
+    def __init__(self, params, piece="", given=(), species_known=True):
+        """``species_known=False``: a template (:meth:`template`), whose species_Z add_species replaces."""
         super().__init__(params, piece, given)
         p = self.params
         where = f"in descriptor '{' '.join(piece.split())}'" if piece else "in soap"
         self._where = where
 
-        def bad(key, must, got=None):
-            got = p[key] if got is None else got
-            return ConfigError(f"the '{key}' key {where} must be {must}; got {got}")
-
-        for key, default in _NOT_IMPLEMENTED.items():
-            if p[key] != default:
-                raise ConfigError(f"soap '{key}={p[key]}' {where} is not implemented in gapfit "
-                                  f"(only the default {key}={_fmt(default)}: the original power spectrum)")
-        # ranges of single keys are checked by the schema (Param.check)
-
-        # central atoms: n_Z / Z (0 = any element)
-        if p["Z"] is None:
-            if p["n_Z"] > 1:
-                raise ConfigError(f"n_Z={p['n_Z']} {where} needs Z={{...}} with {p['n_Z']} atomic numbers")
-            z_list = [0]
-        else:
-            z_list = list(p["Z"])
-            if len(z_list) != p["n_Z"]:
-                raise ConfigError(f"the 'Z' key {where} must have n_Z={p['n_Z']} value(s); got {len(z_list)}")
-        if any(z < 0 for z in z_list):
-            raise bad("Z", "atomic numbers (0 for any element)", z_list)
-        self.centre_Z = z_list
-
-        # density channels: n_species / species_Z
-        n_species = p["n_species"]
-        if "species_Z" in self.given and "n_species" not in self.given:
-            raise ConfigError(f"species_Z is given {where} without n_species (QUIP requires both)")
-        if p["species_Z"] is None:
-            if n_species > 1:
-                raise ConfigError(f"n_species={n_species} {where} needs species_Z={{...}} with {n_species} "
-                                  f"atomic numbers")
-            species = [0]
-        else:
-            species = list(p["species_Z"])
-            if len(species) != n_species:
-                raise ConfigError(f"the 'species_Z' key {where} must have n_species={n_species} value(s); "
-                                  f"got {len(species)}")
-        if any(z < 0 for z in species):
-            raise bad("species_Z", "atomic numbers", species)
-        if n_species > 1 and 0 in species:
-            raise ConfigError(f"species_Z={{{' '.join(map(str, species))}}} {where}: the wildcard 0 is only "
-                              f"supported with n_species=1 (QUIP's gradients are inconsistent otherwise)")
-        if len(set(species)) != len(species):
-            raise ConfigError(f"species_Z={{{' '.join(map(str, species))}}} {where} lists an element twice")
+        self.centre_Z = centre_elements(p, where)
+        species = species_channels(p, self.given, where)
         self.species_Z = species
+        n_species = len(species)
+        check_compression(p, species if species_known else None, where)
 
         version = p["xml_version"]
         cras = p["central_reference_all_species"]
@@ -229,8 +198,14 @@ class Soap(Descriptor):
         self.alpha = 0.5 / p["atom_sigma"] ** 2
         self.radial_basis = p["radial_basis"]
         self._setup_radial()
-        self._spectrum = PowerSpectrum(self.n_max, n_species, self.l_max, p["diagonal_radial"],
-                                       self.two_l_plus_one, p["normalise"])
+        #: the mixing matrices and pairs (None: QUIP's original power spectrum)
+        self.compression = build_compression(p if species_known else _template_compression(p), species, where)
+        if self.compression is None:
+            self._spectrum = PowerSpectrum(self.n_max, n_species, self.l_max, p["diagonal_radial"],
+                                           self.two_l_plus_one, p["normalise"])
+        else:
+            self._spectrum = CompressedPowerSpectrum(self.compression, self.n_max, n_species, self.l_max,
+                                                     self.two_l_plus_one, p["normalise"])
 
     # ------------------------------------------------------------------------------------------
     # set-up
@@ -254,6 +229,21 @@ class Soap(Descriptor):
     @property
     def dimensions(self) -> int:
         return self._spectrum.n_elements + 1
+
+    @classmethod
+    def template(cls, params, piece="", given=()):
+        """A piece add_species will expand (it appends n_species, Z and species_Z): the elements of
+        ``Z_map`` and the seeds of ``Z_mix`` are checked against the data's species after the expansion."""
+        return cls(params, piece=piece, given=given, species_known=False)
+
+    @property
+    def rng_draws_per_form_w(self) -> int:
+        """Draws of QUIP's global random stream that each of QUIP's ``form_W`` calls consumes: 100 with
+        ``R_mix``/``Z_mix`` (form_mix_W re-seeds with the stream's own state: spec §2.4), else 0.
+
+        gap_fit calls form_W 3 + 2·n_frames times per coordinate before it chooses sparse points
+        (gapfit.fit.sparse_phase skips as many draws)."""
+        return 0 if self.compression is None else self.compression.rng_draws
 
     def species_selector(self) -> Optional[List[int]]:
         return None if 0 in self.centre_Z else list(self.centre_Z)
@@ -420,7 +410,7 @@ class Soap(Descriptor):
         m2 = (lmax + 1) ** 2
         per_pair = m2 * 2 + self.r_basis.size * (lmax + 2) * 3 + (lmax + 1) * (n + K) * 2
         if grad:
-            per_pair += m2 * 8 + (lmax + 1) * (n * 4 + K * 8)
+            per_pair += m2 * 8 + (lmax + 1) * (n * 4 + K * 8) + self._spectrum.pair_floats
         per_pair *= 8
         budget = max(1, _PAIR_CHUNK_BYTES // per_pair)
         order = np.argsort(counts, kind="stable")
@@ -542,10 +532,10 @@ class _Terms:
         self.u, self.Y, self.dY, self.R, self.dR = u, Y, dY, R, dR
 
 
-def _fmt(value):
-    if isinstance(value, bool):
-        return "T" if value else "F"
-    return repr(value) if isinstance(value, str) else str(value)
+def _template_compression(p):
+    """The parameters a template builds its compression with: no ``Z_map`` (its elements need the
+    species) and, with ``Z_mix``, no ``mix_shift`` (the wildcard's seeds are not the ones used)."""
+    return {**p, "Z_map": "", "mix_shift": 0 if p["Z_mix"] else p["mix_shift"]}
 
 
 def _ranges(starts, lengths):

@@ -25,6 +25,9 @@ class PowerSpectrum:
     ``n_elements``: its length (the descriptor has one more, ``covariance_sigma0``).
     """
 
+    #: floats per neighbour pair of the gradient's work arrays beyond the descriptor's (chunk sizing)
+    pair_floats = 0
+
     def __init__(self, n_max: int, n_species: int, l_max: int, diagonal_radial: bool, two_l_plus_one: bool,
                  normalise: bool):
         """Element order: channel pairs k ≥ k' (k outer, k' inner), l fastest; √2 off the diagonal.
@@ -153,19 +156,29 @@ class PowerSpectrum:
                     part += u * t
                     if nk2 > 1:
                         blk[:, -1] *= 1.0 / sqrt2
-                if qhat is not None:  # remove the component along q: d(q/|q|)
-                    if qhat.shape[0] > 1:
-                        qh = np.ascontiguousarray(qhat[cp].T)  # (E, p)
-                        c = np.einsum("xep,ep->xp", g, qh)
-                    else:
-                        qh = qhat[0][:, None]
-                        c = np.einsum("xep,e->xp", g, qhat[0])
-                    g -= c[:, None, :] * qh
-                r = rows[p]
-                for e0 in range(0, E, _STORE_WIDTH):  # transpose into the rows in cache-sized pieces
-                    e1 = min(E, e0 + _STORE_WIDTH)
-                    grad_x[r, :, e0:e1] = g[:, e0:e1].transpose(2, 0, 1)
-                _segment_add(centre_sum, sum_index[p], g)
+                store_rows(g, qhat, cp, grad_x, rows[p], centre_sum, sum_index[p])
+
+
+def store_rows(g, qhat, cp, grad_x, rows, centre_sum, sum_index):
+    """Normalise a block of gradient rows g (3, E, p) and write them: rows of ``grad_x``, and their sums per
+    centre into ``centre_sum`` (``sum_index``).
+
+    With ``qhat`` = q/|q| (the 1/|q| already folded into g): g ← g − q̂ (q̂·g), the derivative of q/|q|
+    (QUIP ``descriptors.F90:8797-8810``); ``cp`` is each row's centre (its q̂).
+    """
+    E = g.shape[1]
+    if qhat is not None:  # remove the component along q: d(q/|q|)
+        if qhat.shape[0] > 1:
+            qh = np.ascontiguousarray(qhat[cp].T)  # (E, p)
+            c = np.einsum("xep,ep->xp", g, qh)
+        else:
+            qh = qhat[0][:, None]
+            c = np.einsum("xep,e->xp", g, qhat[0])
+        g -= c[:, None, :] * qh
+    for e0 in range(0, E, _STORE_WIDTH):  # transpose into the rows in cache-sized pieces
+        e1 = min(E, e0 + _STORE_WIDTH)
+        grad_x[rows, :, e0:e1] = g[:, e0:e1].transpose(2, 0, 1)
+    _segment_add(centre_sum, sum_index, g)
 
 
 def _segment_add(out, index, values):

@@ -65,14 +65,33 @@ def choose_sparse(config: FitConfig, data: TrainingData, run: Optional[Checkpoin
         coords, choices, thetas = _saved_sparse_points(data.coords, run.common, config.checkpoint.file)
     else:
         with log.phase("Sparse points"):
+            rng = QuipRandom(seed)
+            rng.quip_skip(gap_fit_stream_skip(data.coords, len(data.entries)))
             choices, thetas = sparse_points(comm, log, data.source, data.entries, data.labels, data.my_frames,
                                             data.coords, list(data.config_type_names), data.max_cutoff,
-                                            QuipRandom(seed), config.sparse)
+                                            rng, config.sparse)
         coords, choices, thetas = _without_empty(log, data.coords, choices, thetas)
     coords = _with_kernels(coords, choices, thetas)
     log(f"Sparse points: {', '.join(str(c.n_sparse) for c in coords)} (total M = {sum(c.n_sparse for c in coords)})")
     release_freed_memory()  # the candidates were many small arrays: hand their pages back before A
     return SparsePoints(coords=coords, seed=seed, command_line=command_line, e0=e0)
+
+
+def gap_fit_stream_skip(coords, n_frames: int) -> int:
+    """The draws gap_fit's random stream has made before its first sparse choice.
+
+    A soap with R_mix/Z_mix re-seeds QUIP's stream with its own state in every form_W call, which
+    advances it by ``rng_draws_per_form_w`` (100) draws; gap_fit calls form_W 3 + 2·n_frames times per
+    such coordinate before gp_sparsify (memory estimate, fit_data_from_xyz, permutations, and two per
+    frame's calc; docs/dev/soap_compression.md §2.4), and once more for sparse_method=file or index_file
+    (get_n_sparseX_for_files, gap_fit_module.F90:1778).  Skipping them keeps cur_points and uniform
+    making gap_fit's choices."""
+    total = 0
+    for c in coords:
+        draws = getattr(c.descriptor, "rng_draws_per_form_w", 0)
+        if draws:
+            total += draws * (3 + 2 * n_frames + int(c.spec.gp.sparse_method in ("file", "index_file")))
+    return total
 
 
 def _random_seed(comm, config: FitConfig, run):

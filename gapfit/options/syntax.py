@@ -140,10 +140,18 @@ def key_values(text: str, what: str = "option string") -> List[Tuple[str, Option
 def split_gap_string(value: str) -> List[str]:
     """Split the ``gap`` value into descriptor pieces on top-level ``:`` or ``;``.
 
-    Brace groups at the top level of a piece lose their braces, as in gap_fit
-    (``gap={{A}:{B}}`` and ``gap={A : B}`` are equivalent), except a group that is a
-    key's value (``species_Z={14 6}``), which keeps them so the descriptor parser
-    sees one field; gap_fit would split such a value and fail.
+    Brace groups at the top level of a piece lose one level of braces, as in gap_fit
+    (``gap={{A}:{B}}`` and ``gap={A : B}`` are equivalent; ``alpha_max={{8 8}}`` becomes
+    ``alpha_max={8 8}`` and ``species_Z={26}`` becomes ``species_Z=26``, so the pieces,
+    and the ``<descriptor>`` strings of the model, are gap_fit's word for word), except a
+    key's value with a space in it (``species_Z={14 6}``), which keeps its braces so the
+    descriptor parser sees one field; gap_fit would split such a value and fail.
+
+    Blank pieces are read as gap_fit 0.10.3 reads them (checked with its binary):
+    adjacent separators count as one (``A ::B`` is two pieces), separators at the
+    very start are skipped, and a blank last piece is dropped, so the trailing
+    ``:`` of published templates (``{A : B : }``) is accepted; a blank piece
+    anywhere else (``A : : B``, ``{ : A}``) is refused, as gap_fit refuses it.
     """
     pieces: List[str] = []
     current: List[str] = []
@@ -156,25 +164,37 @@ def split_gap_string(value: str) -> List[str]:
                 raise ConfigError(f"unbalanced '{{' in gap: {_excerpt(value, i)}")
             inner = value[i + 1:end]
             before = "".join(current).rstrip(" ")
-            if before.endswith("="):
-                current.append("{" + inner + "}")
-            else:
-                current.append(inner)
+            current.append("{" + inner + "}" if before.endswith("=") and _keeps_braces(inner) else inner)
             i = end + 1
         elif c == "}":
             raise ConfigError(f"unbalanced '}}' in gap: {_excerpt(value, i)}")
         elif c in ":;":
-            pieces.append("".join(current))
+            if i > 0:
+                pieces.append("".join(current))
             current = []
-            i += 1
+            while i < n and value[i] in ":;":  # a run of separators is one separator
+                i += 1
         else:
             current.append(c)
             i += 1
     pieces.append("".join(current))
     pieces = [p.rstrip() for p in pieces]
-    if any(not p.strip() for p in pieces):
-        raise ConfigError(f"empty descriptor in gap={{{value}}}: check for a stray ':' or ';'")
+    if len(pieces) > 1 and not pieces[-1].strip():
+        pieces.pop()
+    if not any(piece.strip() for piece in pieces):
+        raise ConfigError(f"gap={{{value}}} names no descriptor")
+    for k, piece in enumerate(pieces, start=1):
+        if not piece.strip():
+            raise ConfigError(f"descriptor {k} of gap={{{value}}} is empty: remove the stray ':' or ';' "
+                              f"before it (gap_fit refuses this too)")
     return pieces
+
+
+def _keeps_braces(inner: str) -> bool:
+    """Whether a key's brace-group value keeps its braces (gapfit's extension, see split_gap_string)."""
+    if inner.startswith("{") and _closing_position(inner, 0, {"{": "}"}) == len(inner) - 1:
+        return False  # doubled braces: gap_fit's way of writing a vector inside gap={...}
+    return any(c in inner for c in " \t\n\r,")
 
 
 def strip_comments(text: str) -> str:

@@ -12,7 +12,6 @@ fill of ``uniform``) choose different, equally valid points.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..options.syntax import split_fields
+from ..runtime.quip_random import QuipRandom  # noqa: F401  (re-exported: its historical home)
 from ..runtime.spill import drop_pages, take_rows
 from . import clustering
 from .dedup import unique_mask
@@ -295,72 +295,6 @@ def _random(x, m, rng):
 
 
 _SELECTORS = {"uniform": _uniform, "random": _random}
-
-
-class QuipRandom:
-    """QUIP's random stream (``ran_uniform``: Park–Miller minimal standard, Schrage's method).
-
-    gap_fit seeds it with ``rnd_seed`` and discards 100 draws; ``uniform``'s random
-    fill and ``cur_points`` draw from it, so with the same seed and candidates
-    gapfit makes gap_fit's choices.  Other NumPy ``Generator`` methods (used by
-    methods whose gap_fit random stream is not reproduced) are delegated to a
-    NumPy generator seeded with the same seed.
-    """
-
-    A, M = 16807, 2147483647
-
-    def __init__(self, seed: int):
-        if seed <= 0:
-            raise ValueError("QUIP's generator needs a positive seed")
-        self.seed = int(seed)
-        self.idum = int(seed)
-        self.numpy = np.random.default_rng(seed)
-        self.quip_uniform(100)  # QUIP's warm-up (system_set_random_seeds)
-
-    def quip_uniform(self, n: Optional[int] = None):
-        """The next ``n`` values of QUIP's ran_uniform() (idum/(2^31−1)); one float if n is None."""
-        if n is None:
-            self.idum = (self.A * self.idum) % self.M
-            return self.idum / self.M
-        if n == 0:
-            return np.zeros(0)
-        # x_k = x_0 A^k mod M, vectorised in blocks (products stay below 2^62)
-        powers = QuipRandom._powers()
-        block = powers.size
-        a_block = int(powers[-1])
-        out = np.empty(n, dtype=np.int64)
-        x = self.idum
-        for start in range(0, n, block):
-            m = min(block, n - start)
-            out[start:start + m] = (x * powers[:m]) % self.M
-            x = (x * a_block) % self.M
-        self.idum = int(out[-1])
-        return out / self.M
-
-    @staticmethod
-    @functools.lru_cache(maxsize=1)
-    def _powers(block: int = 1024) -> np.ndarray:
-        """A^1 ... A^block mod M."""
-        powers = np.empty(block, dtype=np.int64)
-        p = 1
-        for i in range(block):
-            p = (p * QuipRandom.A) % QuipRandom.M
-            powers[i] = p
-        return powers
-
-    def quip_peek(self, n: int) -> np.ndarray:
-        """The next ``n`` values of :meth:`quip_uniform` without drawing them."""
-        idum = self.idum
-        values = self.quip_uniform(n)
-        self.idum = idum
-        return values
-
-    def quip_skip(self, n: int) -> None:
-        """Advance the stream by ``n`` draws."""
-        self.idum = (self.idum * pow(self.A, int(n), self.M)) % self.M
-
-    def __getattr__(self, name):
-        return getattr(self.numpy, name)
 
 
 def choose_seed(seed: Optional[int]) -> int:
