@@ -257,16 +257,17 @@ def test_against_quippy(oracle, monkeypatch):
 
 
 def test_spec_reference_numbers():
-    """docs/dev/soap_turbo.md §7.1 (Si dimer, defaults), without quippy."""
+    """docs/dev/soap_turbo.md §7.1 (Si dimer, defaults), without quippy; to 1e-13 absolute (the numbers are
+    O(0.01-0.3): 1e-11 relative), as W = S^(-1/2) moves by ~1e-13 relative between OpenBLAS kernel families."""
     v = _calc(_make("soap_turbo l_max=2 alpha_max=3 atom_sigma=0.5 rcut_hard=4.0 rcut_soft=3.5 species_Z=14"), SI2)
     x0 = [0.1433814598108134, 0.00017335028611448932, 0.00024024182330495213, 0.31049772251146474,
           -0.00021093194960111424, -0.0002923253102217082]
     np.testing.assert_allclose(v.x[0, :6], x0, rtol=0, atol=1e-13)
-    np.testing.assert_allclose(v.x[1], v.x[0], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(v.x[1], v.x[0], rtol=0, atol=1e-15)  # the dimer's symmetry, same arithmetic
     dx = [-0.008071579699209522, -0.0004581472384007448, -0.0006153297308386266, -0.00526070214035573]
     dz = [-0.012780001190415075, -0.0007253997941345124, -0.0009742720738278253, -0.00832944505556324]
-    np.testing.assert_allclose(v.grad_x[1, 0, :4], dx, rtol=0, atol=1e-15)
-    np.testing.assert_allclose(v.grad_x[1, 2, :4], dz, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(v.grad_x[1, 0, :4], dx, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(v.grad_x[1, 2, :4], dz, rtol=0, atol=1e-13)
     np.testing.assert_allclose(v.grad_x[0], -v.grad_x[1], rtol=0, atol=0)
 
 
