@@ -27,6 +27,8 @@ def main(model, data):
     try:
         from quippy.potential import Potential
     except ImportError:
+        print("quippy is not installed: skipped the check that QUIP itself loads the model "
+              "(pip install quippy-ase, or bash scripts/setup.sh --tests)")
         return
     pot = Potential(param_filename=model)
     worst = 0.0

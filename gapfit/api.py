@@ -24,14 +24,30 @@ from .data.targets import TargetNames
 from .errors import ConfigError
 from .fit.pipeline import FitResult, configure, run_fit  # noqa: F401 (FitResult: part of the API)
 from .model.calculator import GapCalculator, GapPotential
-from .model.committee import sample_models
+from .model.committee import calibrate as calibrate_committee
+from .model.committee import sample_models, with_scale
 from .model.gap_xml import write_model
 from .model.scores import ErrorTable, score_frames
 from .model.tuning import (Objective, ScanResult, base_settings, best_index, evaluate_point, grid_points,
                            optimise_settings, refit_model, settings)
 from .options.syntax import join_argv, quote_value
-from .options.top_level import parse_top_level
+from .options.gp import GP_KEYS
+from .options.schema import did_you_mean
+from .options.top_level import TOP_LEVEL, parse_top_level
 from .runtime.parallel import SerialComm
+
+
+def _check_keyword(key: str) -> None:
+    """A keyword that is no gap_fit option fails when GapFit is made, not when the data are read."""
+    if key in TOP_LEVEL:
+        return
+    if key in GP_KEYS:
+        raise ConfigError(f"'{key}' is a key of one descriptor, not a keyword of GapFit: put it inside gap "
+                          f"(gap=['soap ... {key}=...'])")
+    hint = did_you_mean(key, TOP_LEVEL.names())
+    if not hint and did_you_mean(key, GP_KEYS.names()):
+        hint = did_you_mean(key, GP_KEYS.names())[:-1] + " (a key of one descriptor: inside gap)?"
+    raise ConfigError(f"unknown keyword '{key}' for GapFit{hint}")
 
 
 def options_to_string(options: Dict[str, Any]) -> str:
@@ -101,6 +117,8 @@ class GapFit:
             text = options_to_string(options)
         else:
             text = join_argv(list(options))
+        for key in list(keys) + (list(options) if isinstance(options, dict) else []):
+            _check_keyword(key)
         if keys:
             text = (text + " " + options_to_string(keys)).strip()
         self.option_text = text
@@ -213,14 +231,29 @@ class GapFit:
         rows, point = optimise_settings(problem, self._current_settings(), list(keys), evaluate, max_evaluations)
         return ScanResult(objective=evaluate.name, table=rows, best=point, fit=self.refit(**point))
 
-    def committee(self, n: int, seed: int = 0) -> list:
+    def committee(self, n: int, seed: int = 0, calibrate=None, **names) -> list:
         """``n`` models with α drawn from the posterior N(α, (AᵀA)⁻¹) as α + R⁻¹ε (GapModel each;
         write them with :func:`gapfit.model.gap_xml.write_model`, evaluate them with
-        :class:`gapfit.model.committee.CommitteeCalculator`)."""
+        :class:`gapfit.model.committee.CommitteeCalculator`).
+
+        ``calibrate``: validation frames (a path or a list of ase.Atoms, not the training data) on
+        which the committee's spread is scaled to match its errors, energies and forces separately
+        (:func:`gapfit.model.committee.calibrate`); the factors are in ``committee_scale_``, printed
+        unless ``quiet``, and stored in every member.  References are found under the fit's
+        ``*_parameter_name`` keys unless ``names`` gives others."""
         if getattr(self, "model_", None) is None:
             raise RuntimeError("fit first: there is no fitted model")
-        return sample_models(self.model_, self.r_, n, seed, self.comm, offsets=getattr(self, "_e0_offsets", None),
-                             base_e0=getattr(self, "_e0_base", None))
+        models = sample_models(self.model_, self.r_, n, seed, self.comm, offsets=getattr(self, "_e0_offsets", None),
+                               base_e0=getattr(self, "_e0_base", None))
+        if calibrate is None:
+            return models
+        source = _frames(calibrate)
+        scale, counts = calibrate_committee(models, source.read(_all(source)), self._target_names(names))
+        self.committee_scale_ = scale
+        if not self.quiet and self.comm.rank == 0:
+            print(f"committee of {n}: spread scaled by {scale[0]:.3g} (energies, {counts['energy']} frames) and "
+                  f"{scale[1]:.3g} (forces, {counts['forces']} components)", file=self.stream)
+        return with_scale(models, scale)
 
     def predict(self, frames) -> List[Dict[str, np.ndarray]]:
         """The fitted model's energy (eV), forces (eV/Å), virial (eV) and local energies of each
@@ -232,12 +265,16 @@ class GapFit:
         """The fitted model's errors on labelled ``frames`` (a path or a list of ase.Atoms), one dict
         per config_type and one "overall" (definitions: :mod:`gapfit.model.scores`).  The reference values
         are found under the fit's ``*_parameter_name`` keys unless ``names`` gives others."""
+        source = _frames(frames)
+        return score_frames(self._potential(), source.read(_all(source)), self._target_names(names),
+                            ErrorTable()).rows()
+
+    def _target_names(self, names) -> TargetNames:
+        """The fit's target names, with ``names`` (``force_parameter_name=...``) over them."""
         unknown = sorted(set(names) - set(TargetNames.OPTION_KEYS))
         if unknown:
-            raise ConfigError(f"score: unknown key '{unknown[0]}' (the keys are {', '.join(TargetNames.OPTION_KEYS)})")
-        target_names = TargetNames.from_options({**self._name_options, **names})
-        source = _frames(frames)
-        return score_frames(self._potential(), source.read(_all(source)), target_names, ErrorTable()).rows()
+            raise ConfigError(f"unknown key '{unknown[0]}' (the keys are {', '.join(TargetNames.OPTION_KEYS)})")
+        return TargetNames.from_options({**self._name_options, **names})
 
     def _potential(self):
         if getattr(self, "model_", None) is None:

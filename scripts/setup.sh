@@ -45,3 +45,4 @@ else
     .venv/bin/python -m pip install -q -e '.[plot]'
 fi
 echo "setup: done: .venv/bin/gapfit"
+echo "setup: put gapfit, gapfit-eval and the environment's python on PATH with: source .venv/bin/activate"

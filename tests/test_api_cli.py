@@ -1,5 +1,6 @@
 """The Python API (in-memory structures, Python values) and CLI conveniences."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from ase.io import read
 
-from gapfit import GapFit
+from gapfit import ConfigError, GapFit
 from gapfit.model.calculator import GapCalculator
 from gapfit.model.gap_xml import read_model
 
@@ -125,7 +126,8 @@ def test_help_topics_and_version():
 
 
 def test_unused_targets_are_warned_about(tmp_path):
-    """ASE writes 'forces'; gap_fit's default force_parameter_name is 'force': say so, and go on."""
+    """ASE writes 'forces'; gap_fit's default force_parameter_name is 'force': stop and say so, or with
+    allow_unfitted_targets=T go on as gap_fit does, saying so in a warning and in the end-of-run summary."""
     frames = [f for f in read(str(QUIP_TESTS / "Si.np1.xyz"), ":") if "dft_energy" in f.info and "dft_force" in f.arrays]
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import write
@@ -137,7 +139,15 @@ def test_unused_targets_are_warned_about(tmp_path):
     gap = "gap={" + GAP + "}"
     proc = run_gapfit(["at_file=ase.xyz", gap, "default_sigma={0.01 1.0 0.5 0.0}", "gp_file=gp.xml",
                        "sparse_jitter=1e-4", "e0_method=average"], tmp_path)
+    assert proc.returncode == 1 and not (tmp_path / "gp.xml").exists(), proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.strip().endswith(
+        "their forces would not be fitted; set force_parameter_name=forces to fit them, or "
+        "allow_unfitted_targets=T to fit without them (as gap_fit would)"), proc.stderr
+    proc = run_gapfit(["at_file=ase.xyz", gap, "default_sigma={0.01 1.0 0.5 0.0}", "gp_file=gp.xml",
+                       "sparse_jitter=1e-4", "e0_method=average", "allow_unfitted_targets=T"], tmp_path)
     assert proc.returncode == 0, proc.stderr
+    summary = proc.stdout.split("== Not fitted or evaluated")[1]
+    assert "their forces are not fitted; set force_parameter_name=forces" in summary, summary
     warning = next(line for line in proc.stderr.splitlines() if "'force'" in line)
     assert warning.startswith(f"gapfit: warning: {len(frames)} of {len(frames)} frames carry the per-atom array "
                               f"'forces' (also: 'gap_forces', "), warning
@@ -167,8 +177,8 @@ def test_unused_energy_and_stress_keys(tmp_path):
                             "energy_parameter_name=dft_energy"])
     names = TargetNames.from_options(opts.values)
     entries = [entry({"energy": 1.0, "stress": np.zeros(6)}, ["forces"]), entry({"dft_energy": 1.0, "virial": 0})]
-    found = unused_target_warnings(entries, names, lambda kind: (opts.key(f"{kind}_parameter_name"),
-                                                                 opts.has(f"{kind}_parameter_name")))
+    found = [text for _, _, text in unused_target_warnings(
+        entries, names, lambda kind: (opts.key(f"{kind}_parameter_name"), opts.has(f"{kind}_parameter_name")))]
     assert found[0].startswith("1 of 2 frames carry the key 'energy' but no 'dft_energy' "
                                "(energy_parameter_name=dft_energy): ")
     assert "set force_parameter_name=forces" in found[1]
@@ -213,6 +223,15 @@ def test_dryrun_estimates_memory_and_writes_nothing(tmp_path):
     assert "smallest P for the dense path on this machine: 1" in out  # both paths' memory (issue 9)
     assert "the streaming path fits this machine on one process" in out
     assert not list(tmp_path.glob("gp.xml*"))
+    # the instances it counts are those the fit then chooses from (pairs for distance_2b, not atoms)
+    table = out.split("coordinate  descriptor")[1].split("  A: ")[0]
+    counted = [int(line.split()[3]) for line in table.splitlines()[2:] if line.strip()[:1].isdigit()]
+    proc = run_gapfit(["at_file=SiC.np1.xyz", "gap={" + GAP + " : soap l_max=3 n_max=4 atom_sigma=0.5 cutoff=3.5 "
+                       "covariance_type=dot_product delta=0.5 zeta=2 n_sparse=20 sparse_method=cur_points}",
+                       "gp_file=gp.xml", "sparsify_only_no_fit=T", *OPTS], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    chosen = [int(w.split()[-2]) for w in re.findall(r"sparse points \(\w+\) from \d+ instances", proc.stdout)]
+    assert counted == chosen and len(chosen) >= 3, (counted, chosen)
 
 
 @pytest.mark.parametrize("umask", [0o077, 0o022])
@@ -234,3 +253,18 @@ def test_written_files_keep_the_users_umask(tmp_path, umask):
     assert len(written) >= 3  # the XML, a sparseX file, the report
     for path in written:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, (path.name, oct(path.stat().st_mode))
+
+
+@pytest.mark.parametrize("keywords, message", [
+    ({"default_sigmaa": [0.01, 1, 0.5, 0]}, "unknown keyword 'default_sigmaa' for GapFit; did you mean 'default_sigma'?"),
+    ({"n_sparce": 30}, "unknown keyword 'n_sparce' for GapFit; did you mean 'n_sparse' (a key of one descriptor: "
+                       "inside gap)?"),
+    ({"n_sparse": 30}, "'n_sparse' is a key of one descriptor, not a keyword of GapFit: put it inside gap"),
+])
+def test_api_refuses_unknown_keywords_when_made(keywords, message):
+    """Before any data are read, in the API's words (not 'on the command line')."""
+    from gapfit import GapFit
+    with pytest.raises(ConfigError) as err:
+        GapFit(at_file="nothere.xyz", **keywords)
+    assert str(err.value).startswith(message), str(err.value)
+

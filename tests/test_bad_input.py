@@ -62,6 +62,13 @@ CASES = {
                                                "checkpoint_file 'nodir/fit.ckpt': directory"),
     "print_sparse_index in a missing directory": (SI + [GOOD_GAP.replace("}", " print_sparse_index=nodir/i.txt}")],
                                                   "print_sparse_index 'nodir/i.txt': directory"),
+    "descriptor key at the top level": (SI + [GOOD_GAP, "n_sparse=300"],
+                                        "'n_sparse' on the command line is a key of one descriptor: put it inside "
+                                        "gap={...}"),
+    "default_sigma without braces": ([a for a in SI if not a.startswith("default_sigma")]
+                                     + ["default_sigma=0.01", "1.0", "0.5", "0.0", GOOD_GAP],
+                                     "'1.0' on the command line is not a key: a value with spaces needs braces, "
+                                     "e.g. default_sigma={0.01 1.0 0.5 0.0}"),
     # soap_turbo (issue 20): refused before the data are read, naming the key as typed
     "soap_turbo alpha_max for 3 species of 2": (SI + [TURBO.format("alpha_max={{4 4 4}}")],
                                                 "the 'alpha_max' key in descriptor"),

@@ -28,6 +28,7 @@ from conftest import ROOT, TA_XYZ, every_nth_frame, mpi_env, wait_for_slurm_job
 
 README = ROOT / "README.md"
 SETUP = "bash scripts/setup.sh"
+ACTIVATE = "source .venv/bin/activate"
 
 
 def code_blocks():
@@ -71,7 +72,9 @@ def _run(cmd, cwd, env, what):
 def test_readme_blocks_run(checkout, local_slurm):
     env = mpi_env()
     env.pop("PYTHONPATH", None)  # the installed gapfit, as a user has it
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    venv_bin = str(Path(sys.executable).parent)  # the commands are on PATH only once README activates .venv
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != venv_bin)
+    activated = False
     env["OMPI_MCA_rmaps_base_oversubscribe"] = "1"
     env["SLURM_CONF"] = str(local_slurm)
     ran, ran_output = [], []
@@ -79,9 +82,14 @@ def test_readme_blocks_run(checkout, local_slurm):
         what = code.strip().splitlines()[0]
         if f"{SETUP} --tests" in code:
             continue  # the command running this test (test_ci_runs_the_readme_test_command)
+        if code.strip() == ACTIVATE:
+            activated = True  # what the README asks for after setup, in every shell: each block below runs so
+        if activated and lang == "bash":
+            code = f"{ACTIVATE}\n{code}"
         if lang == "python":
+            assert activated, "a Python block before README says how to put the environment's python on PATH"
             _run([sys.executable, "-c", code], checkout, env, what)
-        elif code.strip().startswith(f"{SETUP} && "):
+        elif code.strip().startswith(f"{SETUP} && "):  # runs before activation, as on a fresh machine
             ran_output.append(_run(["bash", "-euo", "pipefail", "-c", code.strip()[len(SETUP) + 4:]], checkout, env,
                                    what).stdout)
             output = checkout / "examples" / "output"

@@ -268,3 +268,80 @@ def test_log_marginal_likelihood_in_the_report_serial_and_mpi(tmp_path, ta_split
         values[name] = json.loads((tmp_path / f"{name}.json").read_text())["log_marginal_likelihood"]
     assert values["scalapack"] == pytest.approx(values["lapack"], rel=1e-8)
     assert values["streaming"] == pytest.approx(values["lapack"], rel=1e-8)
+
+
+def test_committee_calibration(base_fit, ta_split, tmp_path):
+    """committee(calibrate=frames): k² = mean((mean − reference)²/std²) for energies and force components
+    (maximum likelihood), recomputed here from the members' own predictions; stored in each member's
+    XML, which QUIP still loads; CommitteeCalculator's spreads scaled by it."""
+    from gapfit.model.calculator import GapCalculator
+    from gapfit.model.committee import CommitteeCalculator
+    from gapfit.model.gap_xml import read_model, write_model
+    _, held = ta_split
+    validation = held[::2]
+    members = base_fit.committee(6, seed=5, calibrate=validation)
+    k_e, k_f = base_fit.committee_scale_
+    calcs = [GapCalculator(model=m) for m in members]
+    ratios_e, ratios_f = [], []
+    for frame in validation:
+        energies, forces = [], []
+        for calc in calcs:
+            atoms = frame.copy()
+            atoms.calc = calc
+            energies.append(atoms.get_potential_energy())
+            forces.append(atoms.get_forces())
+        energies, forces = np.array(energies), np.array(forces)
+        reference = frame.calc.results  # ase.io.read keeps the file's energy and forces there
+        ratios_e.append((energies.mean() - reference["energy"]) / energies.std(ddof=1))
+        spread = forces.std(axis=0, ddof=1)
+        keep = spread > 1e-9  # zero by symmetry in every member: rounding over rounding (SPREAD_FLOOR)
+        ratios_f.extend(((forces.mean(axis=0) - reference["forces"])[keep] / spread[keep]).ravel())
+    assert k_e == pytest.approx(np.sqrt(np.mean(np.square(ratios_e))), rel=1e-10)
+    assert k_f == pytest.approx(np.sqrt(np.mean(np.square(ratios_f))), rel=1e-10)
+    assert k_e > 1 and k_f > 1, (k_e, k_f)  # the posterior of α alone understates the errors
+    print(f"calibration on {len(validation)} frames: k_E = {k_e:.3g}, k_F = {k_f:.3g}")
+    # the calculator scales the spread; uncalibrated members give the raw one
+    atoms = held[1].copy()
+    atoms.calc = CommitteeCalculator(members)
+    atoms.get_potential_energy()
+    scaled = atoms.calc.results["energy_std"], atoms.calc.results["forces_std"]
+    raw = held[1].copy()
+    raw.calc = CommitteeCalculator(base_fit.committee(6, seed=5))
+    raw.get_potential_energy()
+    assert scaled[0] == pytest.approx(k_e * raw.calc.results["energy_std"], rel=1e-12)
+    np.testing.assert_allclose(scaled[1], k_f * raw.calc.results["forces_std"], rtol=1e-12)
+    # stored with the model; QUIP loads such a member and predicts what gapfit does
+    write_model(members[0], str(tmp_path / "member.xml"))
+    again = read_model(str(tmp_path / "member.xml"))
+    assert again.committee_scale == (k_e, k_f)
+    with pytest.raises(ValueError, match="different calibrations"):
+        CommitteeCalculator([again, base_fit.committee(1, seed=5)[0]])
+    quippy = pytest.importorskip("quippy.potential")
+    frame = held[1].copy()
+    frame.calc = quippy.Potential(param_filename=str(tmp_path / "member.xml"))
+    ours = held[1].copy()
+    ours.calc = GapCalculator(str(tmp_path / "member.xml"))
+    assert frame.get_potential_energy() == pytest.approx(ours.get_potential_energy(), rel=1e-10)
+
+
+def test_scan_table_reads_as_the_rest_of_gapfit(base_fit, ta_split):
+    """RMSEs in meV, the objective named, lists aligned, and the notes a reader needs: a best point on
+    the grid's edge, and a likelihood that would choose another point."""
+    _, held = ta_split
+    scan = base_fit.scan({"energy_sigma": [0.003, 0.01, 0.03], "force_sigma": [0.1, 0.2, 0.4]},
+                         validation=held[:10], objective="forces")
+    lines = scan.lines()
+    header = lines[0].split("  ")
+    assert "F RMSE meV/Å" in lines[0] and lines[0].rstrip().endswith("objective: F RMSE meV/Å")
+    best = next(i for i, line in enumerate(lines) if line.endswith("<- best")) - 1
+    cells = lines[best + 1].replace("<- best", "").split()
+    assert float(cells[-1]) == pytest.approx(scan.table[best]["forces_rmse"] * 1e3, rel=1e-3)
+    assert len({len(line.replace("  <- best", "")) for line in lines[:len(scan.table) + 1]}) == 1, header  # aligned
+    best_row = scan.table[best]
+    for key, grid in (("energy_sigma", [0.003, 0.01, 0.03]), ("force_sigma", [0.1, 0.2, 0.4])):
+        on_edge = best_row[key] in (grid[0], grid[-1])
+        assert on_edge == any(line.startswith("note: the best point has the") and f" {key} " in line for line in lines)
+    by_likelihood = max(range(len(scan.table)), key=lambda i: scan.table[i]["log_likelihood"])
+    assert (by_likelihood != best) == any("log likelihood of the training data would choose" in line for line in lines)
+    listed = base_fit.scan({"default_sigma": [[0.003, 0.1, 0.05, 0.0], [0.01, 0.2, 0.1, 0.0]]}).lines()
+    assert "{0.003 0.1 0.05 0}" in listed[1] and len({len(line.replace("  <- best", "")) for line in listed}) == 1

@@ -183,3 +183,39 @@ def test_api_score_and_predict_equal_the_fits_report(tmp_path):
         assert np.abs(pred["forces"] - a.get_forces()).max() < 1e-10
     with pytest.raises(Exception, match="unknown key 'energy_name'"):
         fit.score(test, energy_name="x")
+
+
+def test_gapfit_eval_reads_the_fits_target_names_and_names_what_it_leaves_out(tmp_path):
+    """The model's command line gives the *_parameter_name keys (ASE's 'forces' here, not gap_fit's
+    default 'force'); one the user overrides wrongly is named in a warning and in the summary."""
+    _split(tmp_path)
+    fit = [o for o in OPTIONS if not o.startswith("gap=")] + [
+        "gap={distance_2b cutoff=5.0 covariance_type=ard_se delta=2.0 theta_uniform=0.75 n_sparse=15 "
+        "sparse_method=uniform}", "training_errors=F"]
+    proc = run_gapfit(["at_file=train.xyz", "gp_file=gp.xml", *fit], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _gapfit_eval(["gp.xml", "test.xyz", "--json", "recorded.json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ("from the model's command line: energy_parameter_name=energy force_parameter_name=forces "
+            "virial_parameter_name=virial") in proc.stdout
+    recorded = json.loads((tmp_path / "recorded.json").read_text())["errors"]["test.xyz"]["overall"]
+    assert recorded["forces"]["n"] > 0 and recorded["virial"]["n"] > 0
+    proc = _gapfit_eval(["gp.xml", "test.xyz", "force_parameter_name=force", "--json", "wrong.json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "from the model's command line: energy_parameter_name=energy virial_parameter_name=virial" in proc.stdout
+    wrong = json.loads((tmp_path / "wrong.json").read_text())["errors"]["test.xyz"]["overall"]
+    assert wrong["forces"]["n"] == 0 and wrong["energy"] == recorded["energy"]
+    told = "their forces are not evaluated; set force_parameter_name=forces to evaluate them"
+    assert told in proc.stderr and told in proc.stdout.split("== Not fitted or evaluated")[1], proc.stdout
+
+
+def test_parity_axes_leave_out_a_few_far_points_and_say_so():
+    """A few compressed-volume frames must not squeeze the main cluster into a corner (issue 21)."""
+    from gapfit.model.evaluate import _axis_range
+    rng = np.random.default_rng(0)
+    main = rng.normal(-11.8, 0.05, (500, 2))
+    far = np.array([[-5.0, -5.1], [-4.0, -4.2]])
+    low, high, outside = _axis_range(np.vstack([main, far]))
+    assert outside == 2 and low < main.min() and high < -11.0
+    low, high, outside = _axis_range(main)  # nothing far: every point shown
+    assert outside == 0 and low < main.min() and high > main.max()

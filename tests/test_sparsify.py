@@ -66,7 +66,8 @@ def test_file_reproduces_reference(tmp_path):
 def test_file_with_sparsex_file_gives_hint(tmp_path):
     (tmp_path / "plain.sparseX").write_text("1.0\n2.0\n3.0\n")
     shutil.copy(QUIP_TESTS / "Si.np1.xyz", tmp_path)
-    proc = run_gapfit(["at_file=Si.np1.xyz", "energy_parameter_name=dft_energy", "default_sigma={0.01 1 0.5 0}",
+    proc = run_gapfit(["at_file=Si.np1.xyz", "energy_parameter_name=dft_energy", "force_parameter_name=dft_force",
+                       "default_sigma={0.01 1 0.5 0}",
                        "gap={distance_2b cutoff=4 covariance_type=ard_se delta=1 theta_uniform=0.5 "
                        "sparse_method=file sparse_file=plain.sparseX}", "gp_file=gp.xml"], tmp_path)
     assert proc.returncode == 2

@@ -39,6 +39,7 @@ class TargetsConfig:
     sigma_per_atom: bool  # kernel_regularisation_is_per_atom
     e0: E0Rule
     core: Optional[CoreConfig]
+    allow_unfitted_targets: bool = False  # fit when a target's named key finds nothing but a close match does
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,8 @@ def _targets(opts: TopLevelOptions) -> TargetsConfig:
                           key=opts.key("config_type_kernel_regularisation")),
         default_sigma=tuple(float(x) for x in v["default_kernel_regularisation"] or ()),
         config_type_sigma=v["config_type_kernel_regularisation"] or "",
-        sigma_per_atom=v["kernel_regularisation_is_per_atom"], e0=e0, core=core)
+        sigma_per_atom=v["kernel_regularisation_is_per_atom"], e0=e0, core=core,
+        allow_unfitted_targets=v["allow_unfitted_targets"])
 
 
 def _sparse(v) -> SparseConfig:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from ase.data import atomic_numbers
@@ -121,12 +121,25 @@ def parse_e0(text: str) -> np.ndarray:
     return e0
 
 
-def parse_target_names(words: Sequence[str], where: str) -> TargetNames:
-    """TargetNames from ``key=value`` words that may give only the target-name options (gapfit-eval)."""
-    schema = Schema([p for p in TOP_LEVEL.params if p.name in TargetNames.OPTION_KEYS])
+TARGET_NAME_SCHEMA = Schema([p for p in TOP_LEVEL.params if p.name in TargetNames.OPTION_KEYS])
+
+
+def parse_target_names(words: Sequence[str], where: str, recorded: Sequence[Tuple[str, str]] = ()) -> TargetNames:
+    """TargetNames from ``key=value`` words that may give only the target-name options (gapfit-eval);
+    ``recorded``: pairs that hold unless the words give the same option (:func:`recorded_target_names`)."""
     pairs = key_values(" ".join(words), what="the command line") if words else []
-    values, _ = apply_schema(schema, pairs, where)
+    values, _ = apply_schema(TARGET_NAME_SCHEMA, list(recorded) + pairs, where)
     return TargetNames.from_options(values)
+
+
+def recorded_target_names(command_line: str) -> List[Tuple[str, str]]:
+    """The target-name options (``force_parameter_name=...``) of a fit's command line as a model
+    records it (gapfit and gap_fit both write ``<command_line>``); none if it does not parse."""
+    try:
+        pairs = key_values(command_line, what="the model's command line") if command_line.strip() else []
+    except ConfigError:
+        return []
+    return [(k, v) for k, v in pairs if k in TARGET_NAME_SCHEMA and v is not None]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -132,12 +132,15 @@ def _looks_like(kind: str, value) -> bool:
     return arr.size == 1 if kind == "energy" else arr.size in (6, 9)
 
 
-def unused_target_warnings(entries, names: TargetNames, option_key, prefix: str = "") -> List[str]:
+def unused_target_warnings(entries, names: TargetNames, option_key, prefix: str = "",
+                           verbs: Tuple[str, str] = ("fitted", "fit")) -> List[Tuple[str, bool, str]]:
     """Warnings for frames whose targets sit under other keys than the options name.
 
     E.g. ASE's ``forces`` array while ``force_parameter_name`` is gap_fit's default ``force``:
     the fit silently gets no force rows.  ``option_key(kind)`` gives the option as the user
     typed it and whether it was given; gap_fit's defaults are kept, the warning says what to set.
+    ``verbs``: what happens to targets (``("evaluated", "evaluate")`` for gapfit-eval).
+    Returns (kind, whether no frame at all has the named key, warning) per kind.
     """
     wanted = {"energy": (names.energy,), "force": (names.force,), "virial": (names.virial, names.stress)}
     what = {"energy": "energies", "force": "forces", "virial": "virials (or stresses)"}
@@ -145,10 +148,11 @@ def unused_target_warnings(entries, names: TargetNames, option_key, prefix: str 
     for kind, (where, stems) in _LOOKS_LIKE.items():
         if "//IGNORE//" in wanted[kind]:
             continue  # sparsify_only_no_fit reads energies only
-        missing, others = 0, {}
+        missing, found_named, others = 0, False, {}
         for e in entries:
             keys = e.info if where == "info" else e.array_names
             if any(has_key(keys, w) for w in wanted[kind]):
+                found_named = True
                 continue
             found = [k for k in keys if any(stem in k.lower() for stem in stems)
                      and "sigma" not in k.lower() and "mask" not in k.lower()
@@ -168,9 +172,9 @@ def unused_target_warnings(entries, names: TargetNames, option_key, prefix: str 
         kind_of = "per-atom array" if where == "arrays" else "key"
         named = " or ".join(f"'{w}'" for w in wanted[kind])
         also = f" (also: {', '.join(repr(k) for k in ranked[1:4])})" if len(ranked) > 1 else ""
-        out.append(f"{missing} of {len(entries)} frames carry the {kind_of} '{other}'{also} but no {named} "
+        out.append((kind, not found_named, f"{missing} of {len(entries)} frames carry the {kind_of} '{other}'{also} but no {named} "
                    f"({key}={wanted[kind][0][len(prefix):]}{'' if given else ', gap_fit default'}): their "
-                   f"{what[kind]} are not fitted; set {key}={value} to fit them")
+                   f"{what[kind]} are not {verbs[0]}; set {key}={value} to {verbs[1]} them"))
     return out
 
 

@@ -102,6 +102,10 @@ class Angle3b(Descriptor):
         match = (k1 & j2) | (k2 & j1)
         return sj[match], sk[match]
 
+    @property
+    def rows_per_instance(self) -> int:
+        return 3
+
     def gradient_rows(self, structure, neighbours):
         sj, _ = self._triplets(structure, neighbours)
         return 3 * np.bincount(neighbours.i[sj], minlength=len(structure.numbers))

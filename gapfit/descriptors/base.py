@@ -114,6 +114,17 @@ class Descriptor:
         return None
 
     @property
+    def rows_per_instance(self) -> int:
+        """Gradient rows of one instance when every instance has the same number (a pair 2, a triplet 3,
+        a cluster its order); 0 when instances are atoms' environments (one per atom with rows)."""
+        return 0
+
+    def count_instances(self, rows: np.ndarray) -> int:
+        """The instances behind :meth:`gradient_rows`' counts (dryrun's table, as the fit counts them)."""
+        per = self.rows_per_instance
+        return int(rows.sum()) // per if per else int(np.count_nonzero(rows))
+
+    @property
     def splittable(self) -> bool:
         """Whether :meth:`calc` with ``atoms`` subsets partitions the instances."""
         return True

@@ -97,6 +97,10 @@ class Distance2b(Descriptor):
             mask &= same if self.params["only_intra"] else ~same
         return mask
 
+    @property
+    def rows_per_instance(self) -> int:
+        return 2
+
     def gradient_rows(self, structure, neighbours):
         mask = self._pair_mask(structure, neighbours)
         return 2 * np.bincount(neighbours.i[mask], minlength=len(structure.numbers))

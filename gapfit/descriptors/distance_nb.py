@@ -232,6 +232,10 @@ class DistanceNb(Descriptor):
             idx, shift = idx[mine], shift[mine]
         return idx, shift
 
+    @property
+    def rows_per_instance(self) -> int:
+        return self.order
+
     def gradient_rows(self, structure, neighbours):
         idx, _ = self._clusters(structure, neighbours)
         return self.order * np.bincount(idx[:, 0], minlength=len(structure.numbers))

@@ -17,10 +17,16 @@ from .preflight import FitSetup
 def banner(log: Reporter, config: FitConfig, comm, setup: FitSetup) -> None:
     log(f"gapfit {__version__} — Gaussian Approximation Potential fitting (a gap_fit clone)")
     log(f"  processes: {comm.size}" + ("" if comm.size == 1 else f" (MPI: {comm.library})"))
-    if comm.size > 1:
-        log("  " + scalapack_info(comm)["text"] + " (block sizes once M is known: mpi_blocksize_rows/cols)")
+    path = config.solver.path
+    if path == "streaming":
+        log("  solver: streaming (each rank folds its rows into an (M+1)² triangular factor; "
+            + ("the factors are combined by a tree of folds)" if comm.size > 1 else "LAPACK dtpqrt)"))
+    elif comm.size > 1:
+        log("  " + scalapack_info(comm)["text"] + " (block sizes once M is known: mpi_blocksize_rows/cols)"
+            + ("" if path == "dense" else "; linear_solver=auto may choose the streaming factor once M is known"))
     else:
-        log("  solver: LAPACK QR (one process; run under mpirun for ScaLAPACK)")
+        log("  solver: LAPACK QR (one process; run under mpirun for ScaLAPACK)"
+            + ("" if path == "dense" else "; linear_solver=auto may choose the streaming factor once M is known"))
     blas = blas_info()
     if blas:
         log(f"  BLAS: {blas}")

@@ -35,7 +35,7 @@ def memory_estimate(log, comm, source, entries, my_frames, coords, frame_rows_co
             rows = c.descriptor.gradient_rows(frame, nl)
             if rows is None:
                 rows = np.zeros(len(frame))
-            n_inst = int(np.count_nonzero(rows)) if c.descriptor.splittable else 1
+            n_inst = c.descriptor.count_instances(rows) if c.descriptor.splittable else 1
             counts[k] += (n_inst, int(rows.sum()))
             frame_bytes += rows.sum() * 3 * c.descriptor.dimensions * 8
         biggest_frame = max(biggest_frame, frame_bytes)

@@ -136,10 +136,16 @@ def error_reports(config: FitConfig, data: TrainingData, model: GapModel, comm, 
             errors["training"] = report_errors(comm, log, potential, data.source, data.entries, data.my_frames,
                                                names, what)
     for path in out.test_files:
-        with log.phase(f"Errors on test_file '{path}'"):
+        with log.phase(f"Errors on test_file '{_short(path)}'"):  # the timing table's row: the file's name
             errors.setdefault("test", {})[path] = file_errors(comm, log, potential, path, names, "test_file",
                                                               f"test_file '{path}'")
     return errors
+
+
+def _short(path: str, width: int = 32) -> str:
+    """A file's name, cut to ``width`` characters (…) for phase names and table rows."""
+    name = os.path.basename(path) or path
+    return name if len(name) <= width else name[:width - 1] + "…"
 
 
 def report_files(log: Reporter, files: Sequence[str]) -> None:

@@ -49,8 +49,8 @@ def read_data(config: FitConfig, setup: FitSetup, source, comm, log: Reporter,
     """Collective: the data phase (see the module docstring)."""
     with log.phase("Reading and checking the data"):
         entries, species, e0, e0_how, labels, warnings = rank0_call(comm, _prepare_data, config, source, setup.core)
-    for text in warnings:
-        log.warn(text)
+    for text, repeat in warnings:
+        log.warn(text, repeat=repeat)
     gaps = expand_species(list(config.gaps), species) if extends is None else _base_coordinates(extends, species)
     coords = tuple(Coordinate(spec=g, descriptor=g.make_descriptor()) for g in gaps)
     descriptors = [c.descriptor for c in coords]
@@ -129,10 +129,16 @@ def _prepare_data(config: FitConfig, source, core=None):
                         + (f"; the data has {', '.join(hint)}" if hint else ""))
     e0, how, e0_warnings = compute_e0(targets.e0, entries, singles, species, names, max_cutoff, neighbour_list,
                                       core_energy)
-    warnings = unused_target_warnings(entries, names, lambda kind: targets.name_options[kind], targets.prefix)
+    unused = unused_target_warnings(entries, names, lambda kind: targets.name_options[kind], targets.prefix)
+    # every force dropped while the data carry forces: stop (README "Forces are never dropped quietly")
+    lost = [text for kind, none_found, text in unused if none_found and kind == "force"]
+    if lost and not targets.allow_unfitted_targets:
+        raise DataError(lost[0].replace(" are not fitted;", " would not be fitted;")
+                        + ", or allow_unfitted_targets=T to fit without them (as gap_fit would)")
+    warnings = [(text, True) for _, _, text in unused]
     for e in entries:  # the entries go to every rank, which only needs where each frame is
         e.info, e.numbers, e.logical_arrays = {}, e.numbers[:0], {}
-    return entries, species, e0, how, labels, e0_warnings + warnings
+    return entries, species, e0, how, labels, [(text, False) for text in e0_warnings] + warnings
 
 
 def targets_table(log: Reporter, config: FitConfig, labels) -> None:

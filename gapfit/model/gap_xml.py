@@ -18,7 +18,7 @@ import datetime
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -70,6 +70,8 @@ class GapModel:
     path: str = ""
     core_ip_args: str = ""  # a core potential's QUIP init string (e.g. "IP Glue"), if any
     core_xml: Optional[str] = None  # its parameter file, written into the model verbatim
+    #: a calibrated committee member's scales (energy, forces) of the committee spread (gapfit.model.committee)
+    committee_scale: Optional[Tuple[float, float]] = None
 
     @property
     def has_core(self) -> bool:
@@ -156,6 +158,9 @@ def render(model: GapModel, gp_basename: str, separate_sparse: bool = True):
         for text in model.xyz_lines:
             lines.extend(_cdata_lines(text.rstrip("\r\n"), "    "))
         lines.append("  </XYZ_data>")
+    if model.committee_scale is not None:  # gapfit's own element: QUIP skips elements it does not know
+        lines.append(f'  <gapfit_committee energy_scale="{_num(model.committee_scale[0])}" '
+                     f'forces_scale="{_num(model.committee_scale[1])}"/>')
     lines.append("</GAP_params>")
     lines.append(f"</{label}>")
     for ln in lines:
@@ -286,7 +291,10 @@ def read_model(path: str) -> GapModel:
     base = os.path.dirname(os.path.abspath(path))
     coords = [_coordinate(el, base, path) for el in sparse.findall("gpCoordinates")]
     command_line = params.findtext("command_line", default="") or ""
-    return GapModel(label=label, e0=e0, coordinates=coords, gap_version=int(params.get("gap_version", "0")),
+    committee = params.find("gapfit_committee")
+    scale = None if committee is None else (_float(committee.get("energy_scale")),
+                                            _float(committee.get("forces_scale")))
+    return GapModel(committee_scale=scale, label=label, e0=e0, coordinates=coords, gap_version=int(params.get("gap_version", "0")),
                     fitted=sparse.get("fitted", "T").strip().upper().startswith("T"),
                     command_line=command_line.strip(), path=path, core_ip_args=core_args, core_xml=core_xml)
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..data.distribute import assign_frames
 from ..data.extxyz import XyzFileSource
-from ..data.targets import VIRIAL_COMPONENTS, TargetNames, frame_targets
+from ..data.targets import VIRIAL_COMPONENTS, TargetNames, frame_targets, unused_target_warnings
 from ..runtime.parallel import rank0_call
 
 _LOWER = tuple(np.array(VIRIAL_COMPONENTS).T)
@@ -234,6 +234,10 @@ def file_errors(comm, log, potential, path: str, names: TargetNames, key: str, w
 
     source = XyzFileSource(path, key=key)
     entries = rank0_call(comm, lambda: source.index()[0])
+    options = {"energy": "energy_parameter_name", "force": "force_parameter_name", "virial": "virial_parameter_name"}
+    for _, _, text in unused_target_warnings(entries, names, lambda kind: (options[kind], True),
+                                       verbs=("evaluated", "evaluate")):
+        log.warn(f"{what}: {text}", repeat=True)
     owner = assign_frames(np.array([e.n_atoms for e in entries], dtype=np.int64), comm.size)
     return report_errors(comm, log, potential, source, entries, np.nonzero(owner == comm.rank)[0], names, what,
                          points=points)

@@ -152,23 +152,74 @@ class ScanResult:
     fit: object
 
     def lines(self) -> List[str]:
-        """The table as text, best setting marked."""
+        """The table as text (RMSEs in meV, the objective named), the best setting marked, and notes:
+        a best point on the edge of the grid, and a likelihood that would choose another point."""
         if not self.table:
             return []
-        keys = list(dict.fromkeys(k for row in self.table for k in row if k != "failed"))
-        out = ["  ".join(f"{k:>14}" for k in keys)]
+        points = [k for k in dict.fromkeys(k for row in self.table for k in row) if k not in _RESULT_COLUMNS]
+        results = [k for k in _RESULT_COLUMNS if k != "failed" and any(k in row for row in self.table)]
+        header = [*points, *(_column_title(k, self.objective) for k in results)]
+        shown_as = {"objective": "objective" if self.objective == "likelihood" else "objective_rmse"}
+        body = [[_cell(row.get(k), shown_as.get(k, k)) for k in points + results] for row in self.table]
+        widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
         best = best_index([row["objective"] for row in self.table])
-        for i, row in enumerate(self.table):
-            cells = []
-            for k in keys:
-                v = row.get(k)
-                cells.append(f"{v:>14.6g}" if isinstance(v, (float, int, np.floating)) and v is not None
-                             else f"{str(v):>14}")
+        out = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
+        for i, (row, cells) in enumerate(zip(self.table, body)):
             note = "  <- best" if i == best else ""
             if "failed" in row:
                 note += "  failed: " + row["failed"].split(":")[0]
-            out.append("  ".join(cells) + note)
+            out.append("  ".join(c.rjust(w) for c, w in zip(cells, widths)) + note)
+        return out + self.notes(points, best)
+
+    def notes(self, points: List[str], best: int) -> List[str]:
+        """What the table alone does not say (see :meth:`lines`)."""
+        out = []
+        for key in points:
+            values = sorted({_sort_key(row.get(key)) for row in self.table if row.get(key) is not None})
+            here = _sort_key(self.table[best].get(key))
+            if len(values) >= 3 and here in (values[0], values[-1]):
+                side = "smallest" if here == values[0] else "largest"
+                out.append(f"note: the best point has the {side} {key} of the grid: the optimum may lie beyond "
+                           f"it; extend the grid past {self.table[best].get(key)}")
+        if self.objective != "likelihood" and any(row.get("log_likelihood") is not None for row in self.table):
+            by_likelihood = best_index([-row["log_likelihood"] if row.get("log_likelihood") is not None else None
+                                        for row in self.table])
+            if by_likelihood != best:
+                chosen = {k: self.table[by_likelihood].get(k) for k in points}
+                out.append(f"note: the log likelihood of the training data would choose {chosen}; the validation "
+                           f"{self.objective} error measures what the model is used for, and is the one to trust "
+                           f"when the validation frames are like the applications (the likelihood needs no "
+                           f"validation data, but trusts the model's form)")
         return out
+
+
+#: a scan row's result columns, in display order (the others are the scanned keys)
+_RESULT_COLUMNS = ("log_likelihood", "energy_rmse", "forces_rmse", "virial_rmse", "objective", "failed")
+_TITLES = {"log_likelihood": "log L", "energy_rmse": "E RMSE meV/atom", "forces_rmse": "F RMSE meV/Å",
+           "virial_rmse": "V RMSE meV/atom"}
+
+
+def _column_title(key: str, objective: str) -> str:
+    if key != "objective":
+        return _TITLES[key]
+    return "objective: -log L" if objective == "likelihood" else f"objective: {_TITLES[objective + '_rmse']}"
+
+
+def _cell(value, key: str) -> str:
+    """A table cell: RMSEs (and an RMSE objective) in meV, lists as {a b c}."""
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "{" + " ".join(f"{float(v):.4g}" for v in value) + "}"
+    if isinstance(value, (float, int, np.floating, np.integer)):
+        if not np.isfinite(value):
+            return str(value)
+        return f"{value * 1e3:.4g}" if key.endswith("_rmse") else f"{value:.6g}"
+    return str(value)
+
+
+def _sort_key(value):
+    return tuple(np.ravel(value).tolist()) if isinstance(value, (list, tuple, np.ndarray)) else value
 
 
 def optimise_settings(problem, start: Settings, keys: List[str], evaluate: Objective, max_evaluations: int):

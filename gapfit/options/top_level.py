@@ -22,6 +22,7 @@ from .schema import (  # noqa: F401
     to_int,
     to_str,
 )
+from .gp import GP_KEYS
 from .syntax import join_argv, key_values, split_gap_string, strip_comments
 
 
@@ -151,6 +152,10 @@ TOP_LEVEL = Schema([
           fingerprint=False, extension=True),
     Param("checkpoint_interval", to_float, 900.0, check=positive,
           help="gapfit: seconds between a rank's saves to checkpoint_file", fingerprint=False, extension=True),
+    Param("allow_unfitted_targets", to_bool, False,
+          help="gapfit: fit even when no frame has the key a *_parameter_name option names while frames carry "
+               "those targets under another key (ASE's 'forces'): they are left out, as gap_fit leaves them; "
+               "by default the fit stops and names the option to set", fingerprint=False),
     Param("training_errors", to_bool, True,
           help="gapfit: after the fit, report the model's errors on the training data per config_type (a second "
                "pass over the data: descriptors with gradients and predictions, not kernel rows)", fingerprint=False),
@@ -227,11 +232,14 @@ def parse_top_level(argv: Sequence[str] = (), option_string: Optional[str] = Non
             if key == "config_file":
                 raise ConfigError(f"config_file '{config_file}' must not itself contain config_file=")
         other = [(k, v) for k, v in pairs if k != "config_file"]
+        _check_misplaced(file_pairs, f"in config_file '{config_file}'")
+        _check_misplaced(other, "on the command line")
         values, given = apply_schema(TOP_LEVEL, file_pairs + other, f"in config_file '{config_file}'",
                                      optional=_optional(file_pairs + other))
         option_string = file_text + ((" " + join_argv([f"{k}={v}" if v is not None else k for k, v in other]))
                                      if other else "")
     else:
+        _check_misplaced(pairs, "on the command line")
         values, given = apply_schema(TOP_LEVEL, pairs, "on the command line", optional=_optional(pairs))
         option_string = text
     for key, reason in _UNSUPPORTED_TOP_LEVEL.items():
@@ -239,6 +247,37 @@ def parse_top_level(argv: Sequence[str] = (), option_string: Optional[str] = Non
             raise ConfigError(f"the '{given.key(key)}' key is not supported by gapfit: {reason}")
     pieces = tuple(split_gap_string(values["gap"])) if values["gap"] is not None else ()
     return TopLevelOptions(values=values, given=given, option_string=option_string, gap_pieces=pieces)
+
+
+def _check_misplaced(pairs, where: str) -> None:
+    """The two slips whose plain "unknown key" would not name the fix: a per-descriptor key given at
+    the top level (``n_sparse=300``), and a value with spaces given without braces
+    (``default_sigma=0.001 0.05 0.05 0``, whose later numbers read as keys)."""
+    for k, (key, value) in enumerate(pairs):
+        if key in TOP_LEVEL:
+            continue
+        if key in GP_KEYS:
+            raise ConfigError(f"'{key}' {where} is a key of one descriptor: put it inside gap={{...}}, e.g. "
+                              f"gap={{soap ... {key}={value if value is not None else '...'}}}")
+        if value is None and _is_number(key) and k > 0 and pairs[k - 1][1] is not None:
+            start = k
+            while start > 0 and pairs[start - 1][1] is None and _is_number(pairs[start - 1][0]):
+                start -= 1
+            name, first = pairs[start - 1]
+            end = k
+            while end + 1 < len(pairs) and pairs[end + 1][1] is None and _is_number(pairs[end + 1][0]):
+                end += 1
+            numbers = " ".join([first] + [w for w, _ in pairs[start:end + 1]])
+            raise ConfigError(f"'{key}' {where} is not a key: a value with spaces needs braces, e.g. "
+                              f"{name}={{{numbers}}}")
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
 
 
 def _optional(pairs) -> tuple:

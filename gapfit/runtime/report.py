@@ -185,6 +185,7 @@ class Reporter:
         self.start = time.perf_counter()
         self.gathered: List[dict] = []  # every rank's phases, peak RSS and extras (rank_table, rank 0)
         self.warnings: List[str] = []
+        self.repeated: List[str] = []  # warnings the end-of-run summary repeats
         self.progress_interval = progress_interval
 
     @property
@@ -198,9 +199,12 @@ class Reporter:
                 print(prefix + line, file=self.stream)
             self.stream.flush()
 
-    def warn(self, text: str) -> None:
-        """A warning: the fit goes on.  Rank 0 prints it to stderr (one line) and keeps it for the report."""
+    def warn(self, text: str, repeat: bool = False) -> None:
+        """A warning: the fit goes on.  Rank 0 prints it to stderr (one line) and keeps it for the report;
+        ``repeat``: also in the end-of-run summary (what was not fitted or evaluated)."""
         self.warnings.append(text)
+        if repeat:
+            self.repeated.append(text)
         if not self.quiet and self.rank == 0:
             self.stream.flush()
             print(f"gapfit: warning: {text}", file=sys.stderr)
@@ -280,3 +284,11 @@ class Reporter:
         self.table(["phase", "min", "mean", "max"], rows)
         total = time.perf_counter() - self.start
         self(f"  total wall time {total:.2f} s")
+        self.repeat_warnings()
+
+    def repeat_warnings(self) -> None:
+        """The warnings about targets that were not used, once more at the end (rank 0)."""
+        if self.rank == 0 and not self.quiet and self.repeated:
+            self.title("Not fitted or evaluated")
+            for text in dict.fromkeys(self.repeated):
+                self(f"  {text}")
