@@ -117,7 +117,7 @@ def test_least_squares_beats_average_on_varying_stoichiometry():
     e0_method=least_squares has a far smaller training energy RMSE than with average, whose single
     e0 leaves a composition term that pair energies cannot represent.  (On InP, whose frames are
     In fraction 0.48-0.52 apart from pure-In EOS frames, the differences are small and
-    e0_method=joint is the best: benchmarks/e0_methods.py, README "Automatic e0".)"""
+    e0_method=joint is the best: benchmarks/e0_methods.py, docs/python_api.md "Automatic e0".)"""
     frames = _synthetic(seed=1, n_frames=60)
     rmse = {}
     for method in ("average", "least_squares"):
