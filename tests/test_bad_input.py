@@ -80,6 +80,8 @@ CASES = {
     "compressed soap K=0 with mixing": (SI + ["gap={soap l_max=4 n_max=4 atom_sigma=0.5 cutoff=4 R_mix=T "
                                               "covariance_type=dot_product zeta=2 delta=1 n_sparse=10}"], "'K' key"),
     "missing test_file": (SI + [GOOD_GAP, "test_file=nothere.xyz"], "test_file 'nothere.xyz' does not exist"),
+    "missing test_file under dryrun": (SI + [GOOD_GAP, "test_file=nothere.xyz", "dryrun=T"],
+                                       "test_file 'nothere.xyz' does not exist"),
     "a frame with no atoms": (TINY + [GOOD_GAP], "frame 2 (line 4) of tiny.xyz: the frame has no atoms"),
     "two atoms on one spot": (TINY + [GOOD_GAP], "frame 2 (line 4) of tiny.xyz: atom 1 (line 6) and atom 3 "
                                                  "(line 8) (Si, Si) are 0.0000 Å apart, closer than 0.01 Å"),

@@ -31,9 +31,14 @@ SETUP = "bash scripts/setup.sh"
 ACTIVATE = "source .venv/bin/activate"
 
 
+#: the user documentation whose code blocks run too, after README's (docs/dev holds research notes)
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+
+
 def code_blocks():
-    """(language, code) of every fenced block in README.md, in order."""
-    return re.findall(r"^```(\w*)\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+    """(language, code) of every fenced block in README.md and then docs/*.md, in order."""
+    return [block for path in [README, *DOCS]
+            for block in re.findall(r"^```(\w*)\n(.*?)^```", path.read_text(), flags=re.S | re.M)]
 
 
 def test_every_block_is_bash_or_python():

@@ -194,12 +194,13 @@ def test_gapfit_eval_reads_the_fits_target_names_and_names_what_it_leaves_out(tm
         "sparse_method=uniform}", "training_errors=F"]
     proc = run_gapfit(["at_file=train.xyz", "gp_file=gp.xml", *fit], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = _gapfit_eval(["gp.xml", "test.xyz", "--json", "recorded.json"], tmp_path)
+    proc = _gapfit_eval(["gp.xml", "test.xyz", "--json", "recorded.json", "--plot", "recorded"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert ("from the model's command line: energy_parameter_name=energy force_parameter_name=forces "
             "virial_parameter_name=virial") in proc.stdout
     recorded = json.loads((tmp_path / "recorded.json").read_text())["errors"]["test.xyz"]["overall"]
     assert recorded["forces"]["n"] > 0 and recorded["virial"]["n"] > 0
+    assert (tmp_path / "recorded_forces.png").stat().st_size > 10000  # the force plot, with no keys given
     proc = _gapfit_eval(["gp.xml", "test.xyz", "force_parameter_name=force", "--json", "wrong.json"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "from the model's command line: energy_parameter_name=energy virial_parameter_name=virial" in proc.stdout
@@ -219,3 +220,23 @@ def test_parity_axes_leave_out_a_few_far_points_and_say_so():
     assert outside == 2 and low < main.min() and high < -11.0
     low, high, outside = _axis_range(main)  # nothing far: every point shown
     assert outside == 0 and low < main.min() and high > main.max()
+
+
+def test_header_names_the_solver_and_test_file_rows_stay_short(tmp_path):
+    """The log's header says which solver runs; a test_file's phase is named by its file name, cut to
+    32 characters, not its path (the timing table stays readable)."""
+    _split(tmp_path)
+    deep = tmp_path / "a" / "long" / "directory" / "of" / "validation" / "data"
+    deep.mkdir(parents=True)
+    shutil.copy(tmp_path / "test.xyz", deep / "held_out_frames_of_the_tantalum_set.xyz")
+    fit = [o for o in OPTIONS if not o.startswith("gap=")] + [
+        "gap={distance_2b cutoff=5.0 covariance_type=ard_se delta=2.0 theta_uniform=0.75 n_sparse=15 "
+        "sparse_method=uniform}", "training_errors=F", "linear_solver=streaming",
+        f"test_file={deep / 'held_out_frames_of_the_tantalum_set.xyz'}"]
+    proc = run_gapfit(["at_file=train.xyz", "gp_file=gp.xml", *fit], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "  solver: streaming" in proc.stdout.split("== Options")[0]
+    table = proc.stdout.split("wall time (s) per phase")[1]
+    row = next(line for line in table.splitlines() if "Errors on test_file" in line)
+    assert "'held_out_frames_of_the_tantalum…'" in row and "directory" not in row, row
+
