@@ -251,8 +251,9 @@ class GapFit:
         scale, counts = calibrate_committee(models, source.read(_all(source)), self._target_names(names))
         self.committee_scale_ = scale
         if not self.quiet and self.comm.rank == 0:
-            print(f"committee of {n}: spread scaled by {scale[0]:.3g} (energies, {counts['energy']} frames) and "
-                  f"{scale[1]:.3g} (forces, {counts['forces']} components)", file=self.stream)
+            print(f"committee of {n}: calibrated std = √((k·spread)² + s0²) with k = {scale[0]:.3g}, "
+                  f"s0 = {scale[1] * 1e3:.3g} meV/atom (energies, {counts['energy']} frames) and k = {scale[2]:.3g}, "
+                  f"s0 = {scale[3] * 1e3:.3g} meV/Å (forces, {counts['forces']} components)", file=self.stream)
         return with_scale(models, scale)
 
     def predict(self, frames) -> List[Dict[str, np.ndarray]]:

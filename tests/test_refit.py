@@ -270,37 +270,51 @@ def test_log_marginal_likelihood_in_the_report_serial_and_mpi(tmp_path, ta_split
     assert values["streaming"] == pytest.approx(values["lapack"], rel=1e-8)
 
 
+def _nll(k, floor, error, spread):
+    v = (k * spread) ** 2 + floor ** 2
+    return 0.5 * np.sum(np.log(v) + error ** 2 / v)
+
+
 def test_committee_calibration(base_fit, ta_split, tmp_path):
-    """committee(calibrate=frames): k² = mean((mean − reference)²/std²) for energies and force components
-    (maximum likelihood), recomputed here from the members' own predictions; stored in each member's
-    XML, which QUIP still loads; CommitteeCalculator's spreads scaled by it."""
+    """committee(calibrate=frames): (k, s0) maximise Σ log N(e; 0, k²s² + s0²) for energies per atom
+    and for force components, checked here on the members' own predictions (no better point within
+    ±1 %); stored in each member's XML, which QUIP still loads; CommitteeCalculator reports
+    √((k·spread)² + s0²)."""
     from gapfit.model.calculator import GapCalculator
     from gapfit.model.committee import CommitteeCalculator
     from gapfit.model.gap_xml import read_model, write_model
     _, held = ta_split
     validation = held[::2]
     members = base_fit.committee(6, seed=5, calibrate=validation)
-    k_e, k_f = base_fit.committee_scale_
+    k_e, s0_e, k_f, s0_f = base_fit.committee_scale_
     calcs = [GapCalculator(model=m) for m in members]
-    ratios_e, ratios_f = [], []
+    e_err, e_spread, f_err, f_spread = [], [], [], []
     for frame in validation:
         energies, forces = [], []
         for calc in calcs:
             atoms = frame.copy()
             atoms.calc = calc
-            energies.append(atoms.get_potential_energy())
+            energies.append(atoms.get_potential_energy() / len(frame))
             forces.append(atoms.get_forces())
         energies, forces = np.array(energies), np.array(forces)
         reference = frame.calc.results  # ase.io.read keeps the file's energy and forces there
-        ratios_e.append((energies.mean() - reference["energy"]) / energies.std(ddof=1))
-        spread = forces.std(axis=0, ddof=1)
-        keep = spread > 1e-9  # zero by symmetry in every member: rounding over rounding (SPREAD_FLOOR)
-        ratios_f.extend(((forces.mean(axis=0) - reference["forces"])[keep] / spread[keep]).ravel())
-    assert k_e == pytest.approx(np.sqrt(np.mean(np.square(ratios_e))), rel=1e-10)
-    assert k_f == pytest.approx(np.sqrt(np.mean(np.square(ratios_f))), rel=1e-10)
+        e_err.append(energies.mean() - reference["energy"] / len(frame))
+        e_spread.append(energies.std(ddof=1))
+        error, spread = (forces.mean(axis=0) - reference["forces"]).ravel(), forces.std(axis=0, ddof=1).ravel()
+        keep = (spread > 1e-9) | (np.abs(error) > 1e-9)  # zero by symmetry in data and members: left out
+        f_err.extend(error[keep])
+        f_spread.extend(spread[keep])
+    for (k, floor), error, spread in (((k_e, s0_e), e_err, e_spread), ((k_f, s0_f), f_err, f_spread)):
+        error, spread = np.array(error), np.array(spread)
+        best = _nll(k, floor, error, spread)
+        for dk in (0.99, 1.01):
+            assert _nll(k * dk, floor, error, spread) >= best - 1e-9 * abs(best)
+            if floor > 1e-6 * np.abs(error).max():  # a floor at zero has no lower neighbour that matters
+                assert _nll(k, floor * dk, error, spread) >= best - 1e-9 * abs(best)
     assert k_e > 1 and k_f > 1, (k_e, k_f)  # the posterior of α alone understates the errors
-    print(f"calibration on {len(validation)} frames: k_E = {k_e:.3g}, k_F = {k_f:.3g}")
-    # the calculator scales the spread; uncalibrated members give the raw one
+    print(f"calibration on {len(validation)} frames: k_E = {k_e:.3g}, s0_E = {s0_e:.2e} eV/atom, "
+          f"k_F = {k_f:.3g}, s0_F = {s0_f:.2e} eV/Å")
+    # the calculator calibrates the spread; uncalibrated members give the raw one
     atoms = held[1].copy()
     atoms.calc = CommitteeCalculator(members)
     atoms.get_potential_energy()
@@ -308,12 +322,12 @@ def test_committee_calibration(base_fit, ta_split, tmp_path):
     raw = held[1].copy()
     raw.calc = CommitteeCalculator(base_fit.committee(6, seed=5))
     raw.get_potential_energy()
-    assert scaled[0] == pytest.approx(k_e * raw.calc.results["energy_std"], rel=1e-12)
-    np.testing.assert_allclose(scaled[1], k_f * raw.calc.results["forces_std"], rtol=1e-12)
+    assert scaled[0] == pytest.approx(np.hypot(k_e * raw.calc.results["energy_std"], len(raw) * s0_e), rel=1e-12)
+    np.testing.assert_allclose(scaled[1], np.hypot(k_f * raw.calc.results["forces_std"], s0_f), rtol=1e-12)
     # stored with the model; QUIP loads such a member and predicts what gapfit does
     write_model(members[0], str(tmp_path / "member.xml"))
     again = read_model(str(tmp_path / "member.xml"))
-    assert again.committee_scale == (k_e, k_f)
+    assert again.committee_scale == (k_e, s0_e, k_f, s0_f)
     with pytest.raises(ValueError, match="different calibrations"):
         CommitteeCalculator([again, base_fit.committee(1, seed=5)[0]])
     quippy = pytest.importorskip("quippy.potential")

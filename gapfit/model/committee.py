@@ -9,10 +9,10 @@ That spread is the posterior of α alone, with σ, δ and the sparse points held
 the error of the model's form and of the hyperparameters, and usually understates the actual error
 (several times on held-out data).  :func:`calibrate` scales it, as Musil et al. (J. Chem. Theory
 Comput. 15, 906 (2019)) do, by one factor for energies and one for forces chosen on validation
-frames by maximum likelihood: if an error e_i is N(0, k²s_i²) with s_i the committee's standard
-deviation, the likelihood is largest at k² = mean(e_i²/s_i²).  Each member stores (k_E, k_F)
-(``<gapfit_committee>`` in its XML) and :class:`CommitteeCalculator` multiplies its standard
-deviations by them.
+frames by maximum likelihood, with one addition: an error e_i is taken as N(0, k²s_i² + s0²), s_i
+the committee's standard deviation, so that an error floor s0 covers what the posterior cannot see
+(:func:`calibrate`).  Each member stores (k_E, s0_E, k_F, s0_F) (``<gapfit_committee>`` in its XML)
+and :class:`CommitteeCalculator` reports √(k²s² + s0²).
 """
 
 from __future__ import annotations
@@ -66,48 +66,78 @@ def sample_models(model, r: Optional[np.ndarray], n: int, seed: int = 0, comm=No
     return models
 
 
-#: force components whose committee spread is below this (eV/Å) are left out of the calibration: forces
-#: that symmetry makes zero in every member differ only by rounding (~1e-15), and their ratio error/spread
-#: would be rounding over rounding; real spreads are 1e-4 eV/Å and more
+#: force components whose committee spread and error are both below this (eV/Å) are left out of the
+#: calibration: forces that symmetry makes zero in the data and in every member differ only by rounding
+#: (~1e-15) and say nothing about the errors; real spreads are 1e-4 eV/Å and more
 SPREAD_FLOOR = 1e-9
 
 
-def calibrate(models: list, frames, names: TargetNames) -> Tuple[Tuple[float, float], dict]:
-    """(k_E, k_F), the scales of the committee spread that make it match the errors on ``frames``
-    (gapfit's frames, from a source's ``read``, with reference energies and forces under ``names``),
-    by maximum likelihood (module docstring), and how many errors each was estimated from.
+def calibrate(models: list, frames, names: TargetNames) -> Tuple[Tuple[float, float, float, float], dict]:
+    """The calibration (k_E, s0_E, k_F, s0_F) of the committee's spread on ``frames`` (gapfit's frames,
+    from a source's ``read``, with reference energies and forces under ``names``), and how many
+    errors each half was fitted to.
 
-    Errors are the committee mean's; force components whose spread is below ``SPREAD_FLOOR`` (zero by
-    symmetry) are left out."""
+    Each error e_i (the committee mean's: per atom for energies, per component for forces) is taken
+    as N(0, k²s_i² + s0²), s_i the committee's standard deviation there, and (k, s0) maximise the
+    likelihood.  s0 is the part of the error the posterior of α cannot see: components that the
+    descriptors make nearly certain (spread 1e-9 eV/Å by symmetry) while the DFT forces are not zero.
+    A scale alone would be set by those few points (k ≈ 1e6 on the Ta tests) and cover the rest
+    far too widely.  Components zero in the data and every member (both below SPREAD_FLOOR) are
+    left out."""
     if len(models) < 2:
         raise ValueError("calibrate: a committee of at least 2 models is needed (the spread of one is zero)")
     potentials = [GapPotential(m) for m in models]
-    ratios = {"energy": [], "forces": []}
+    errors = {"energy": ([], []), "forces": ([], [])}
     for frame in frames:
         ref = frame_targets(frame, names)
         results = [p.evaluate(frame) for p in potentials]
         if ref.energy is not None:
-            energies = np.array([r["energy"] for r in results])
-            ratios["energy"].append(np.array([(energies.mean() - ref.energy) / energies.std(ddof=1)]))
+            energies = np.array([r["energy"] for r in results]) / len(frame)
+            errors["energy"][0].append([energies.mean() - ref.energy / len(frame)])
+            errors["energy"][1].append([energies.std(ddof=1)])
         if ref.forces is not None and ref.force_atoms.size:
             forces = np.array([r["forces"] for r in results])[:, ref.force_atoms]
-            spread = forces.std(axis=0, ddof=1)
-            keep = spread > SPREAD_FLOOR
-            ratios["forces"].append(((forces.mean(axis=0) - ref.forces[ref.force_atoms])[keep] / spread[keep]).ravel())
-    scales, info = [], {}
+            error = (forces.mean(axis=0) - ref.forces[ref.force_atoms]).ravel()
+            spread = forces.std(axis=0, ddof=1).ravel()
+            keep = (spread > SPREAD_FLOOR) | (np.abs(error) > SPREAD_FLOOR)
+            errors["forces"][0].append(error[keep])
+            errors["forces"][1].append(spread[keep])
+    out, info = [], {}
     for kind in ("energy", "forces"):
-        r = np.concatenate(ratios[kind]) if ratios[kind] else np.zeros(0)
-        r = r[np.isfinite(r)]
-        if r.size == 0:
+        if not errors[kind][0]:
             raise ValueError(f"calibrate: no frame has reference {kind} under the fit's names ({names})")
-        scales.append(float(np.sqrt(np.mean(r * r))))
-        info[kind] = int(r.size)
-    return (scales[0], scales[1]), info
+        e, spread = (np.concatenate([np.ravel(v) for v in errors[kind][k]]) for k in (0, 1))
+        out.extend(error_model(e, spread))
+        info[kind] = int(e.size)
+    return tuple(out), info
 
 
-def with_scale(models: list, scale: Tuple[float, float]) -> list:
+def error_model(error: np.ndarray, spread: np.ndarray) -> Tuple[float, float]:
+    """(k, s0) maximising Σ log N(e_i; 0, k²s_i² + s0²) (Nelder–Mead in log k, log s0)."""
+    from scipy.optimize import minimize  # lazy: a large import that only calibration needs
+    e2, s2 = error * error, spread * spread
+
+    def nll(p):
+        v = np.exp(2 * p[0]) * s2 + np.exp(2 * p[1])
+        return 0.5 * float(np.sum(np.log(v) + e2 / v))
+    wide = spread > np.median(spread)
+    k0 = float(np.sqrt(np.mean(e2[wide] / s2[wide]))) if wide.any() else 1.0
+    s0 = float(np.sqrt(np.mean(e2))) or 1e-12
+    best = minimize(nll, np.log([k0, s0]), method="Nelder-Mead",
+                    options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 4000})
+    k, floor = np.exp(best.x)
+    return float(k), float(floor)
+
+
+def with_scale(models: list, calibration) -> list:
     """The members, each carrying the committee's calibration (written into its XML)."""
-    return [replace(m, committee_scale=(float(scale[0]), float(scale[1]))) for m in models]
+    return [replace(m, committee_scale=tuple(float(v) for v in calibration)) for m in models]
+
+
+def calibrated_std(calibration, energy_std: float, forces_std: np.ndarray, n_atoms: int):
+    """The calibrated standard deviations: √(k²s² + s0²) (energies: s0 per atom, so N·s0 in total)."""
+    k_e, s0_e, k_f, s0_f = calibration
+    return (float(np.hypot(k_e * energy_std, n_atoms * s0_e)), np.hypot(k_f * forces_std, s0_f))
 
 
 class CommitteeCalculator(Calculator):
@@ -115,8 +145,9 @@ class CommitteeCalculator(Calculator):
 
     Results: ``energy``, ``forces``, ``stress`` (when the structure has a cell) are the committee's
     means; ``energy_std`` (eV) and ``forces_std`` (eV/Å, per component) its standard deviations,
-    multiplied by the members' calibration (k_E, k_F) when they carry one (:func:`calibrate`;
-    ``committee_scale`` holds it, (1, 1) otherwise), and ``energies`` the members' energies.
+    calibrated as √(k²s² + s0²) when the members carry a calibration (:func:`calibrate`;
+    ``committee_scale`` holds (k_E, s0_E, k_F, s0_F), (1, 0, 1, 0) otherwise), and ``energies`` the
+    members' energies.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energy_std", "forces_std", "energies"]
@@ -129,18 +160,19 @@ class CommitteeCalculator(Calculator):
         scales = {p.model.committee_scale for p in self.potentials}
         if len(scales) > 1:
             raise ValueError(f"CommitteeCalculator: the members carry different calibrations: {sorted(map(str, scales))}")
-        self.committee_scale = scales.pop() or (1.0, 1.0)
+        self.committee_scale = scales.pop() or (1.0, 0.0, 1.0, 0.0)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         results = [p.evaluate(self.atoms) for p in self.potentials]
         energies = np.array([r["energy"] for r in results])
         forces = np.array([r["forces"] for r in results])
+        raw_e = float(energies.std(ddof=1)) if energies.size > 1 else 0.0
+        raw_f = forces.std(axis=0, ddof=1) if energies.size > 1 else np.zeros_like(forces[0])
+        energy_std, forces_std = calibrated_std(self.committee_scale, raw_e, raw_f, len(self.atoms))
         self.results = {"energy": float(energies.mean()), "free_energy": float(energies.mean()),
                         "forces": forces.mean(axis=0), "energies": energies,
-                        "energy_std": self.committee_scale[0] * float(energies.std(ddof=1)) if energies.size > 1 else 0.0,
-                        "forces_std": (self.committee_scale[1] * forces.std(axis=0, ddof=1) if energies.size > 1
-                                       else np.zeros_like(forces[0]))}
+                        "energy_std": energy_std, "forces_std": forces_std}
         if self.atoms.cell.rank == 3:
             virial = np.mean([r["virial"] for r in results], axis=0)
             stress = -virial / self.atoms.get_volume()
