@@ -27,6 +27,20 @@ TA_XYZ = ROOT / "examples" / "data" / "Ta_snap_train.xyz"
 ENVIRONMENT_TOLERANCE = 1e-10
 
 
+def central_differences(values, atoms, h):
+    """(values(atoms + h e_ak) - values(atoms - h e_ak)) / 2h for every atom a and direction k, as an
+    array (*values.shape, n_atoms, 3)."""
+    columns = []
+    for a in range(len(atoms)):
+        for k in range(3):
+            plus, minus = atoms.copy(), atoms.copy()
+            plus.positions[a, k] += h
+            minus.positions[a, k] -= h
+            columns.append((values(plus) - values(minus)) / (2 * h))
+    fd = np.stack(columns, axis=-1)
+    return fd.reshape(*fd.shape[:-1], len(atoms), 3)
+
+
 def same_environment(xa, xb, tol=ENVIRONMENT_TOLERANCE):
     """close[i, j]: row i of ``xa`` and row j of ``xb`` are the same environment (max |Δ| < tol)."""
     xa, xb = np.asarray(xa, float), np.asarray(xb, float)

@@ -34,7 +34,8 @@ from gapfit.runtime.quip_random import ParkMiller  # noqa: E402
 
 from conftest import (QUIP_TESTS, calculator_differences, evaluation_rounding_floor, every_nth_frame,  # noqa: E402
                       prediction_differences, run_gapfit)
-from test_soap import calc, compare_with_quippy, dense_gradient, make, run_seed  # noqa: E402
+from test_soap import (calc, compare_with_quippy, dense_gradient, finite_difference_gradient, make,  # noqa: E402
+                       run_seed)
 
 SOAP_DATA = Path(__file__).resolve().parent / "data" / "soap"
 # spec §5: sic7_cluster (Si4C3, open), base string of §5.1/§5.2
@@ -265,18 +266,9 @@ def test_gradients_by_finite_differences(extra):
            "species_Z={6 8 14} " + extra
     desc = make(text)
     analytic = dense_gradient(calc(desc, atoms), len(atoms))
-    def central(h):
-        numeric = np.zeros_like(analytic)
-        for a in range(len(atoms)):
-            for k in range(3):
-                plus, minus = atoms.copy(), atoms.copy()
-                plus.positions[a, k] += h
-                minus.positions[a, k] -= h
-                numeric[:, a, k] = (calc(desc, plus, False).x - calc(desc, minus, False).x) / (2 * h)
-        return numeric
-
     # Richardson's extrapolation of two central differences: truncation O(h⁴), rounding ~1e-16/h
-    numeric = (4.0 * central(1e-4) - central(2e-4)) / 3.0
+    numeric = (4.0 * finite_difference_gradient(desc, atoms, 1e-4)
+               - finite_difference_gradient(desc, atoms, 2e-4)) / 3.0
     err = np.abs(analytic - numeric).max() / max(1.0, np.abs(analytic).max())
     assert err < 1e-9, f"seed {seed} (GAPFIT_TEST_SEED), '{text}': finite differences differ by {err:.2e}"
 

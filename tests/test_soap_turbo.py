@@ -37,7 +37,7 @@ from gapfit.descriptors.soap_turbo import SoapTurbo, quip_shared_basis_warnings
 from gapfit.errors import ConfigError
 
 from conftest import QUIP_TESTS
-from test_soap import run_seed
+from test_soap import dense_gradient, finite_difference_gradient, run_seed
 
 TOL = 1e-10
 GP = " n_sparse=1 delta=1 covariance_type=dot_product zeta=2"
@@ -281,18 +281,7 @@ def test_finite_differences(extra):
                  "atom_sigma_t={0.4 0.3} atom_sigma_r_scaling={0.02 0.03} atom_sigma_t_scaling={0.1 0.05} "
                  "rcut_hard=6.0 rcut_soft=5.8" + extra)
     v = _calc(desc, atoms)
-    h = 1e-5
-    worst = 0.0
-    for a in range(len(atoms)):
-        for k in range(3):
-            plus, minus = atoms.copy(), atoms.copy()
-            plus.positions[a, k] += h
-            minus.positions[a, k] -= h
-            fd = (_calc(desc, plus, False).x - _calc(desc, minus, False).x) / (2 * h)
-            analytic = np.zeros_like(fd)
-            rows = v.grad_atom == a
-            np.add.at(analytic, v.grad_desc[rows], v.grad_x[rows, k])
-            worst = max(worst, np.abs(fd - analytic).max())
+    worst = np.abs(finite_difference_gradient(desc, atoms, 1e-5) - dense_gradient(v, len(atoms))).max()
     print(f"finite differences{extra}: max |FD - analytic| = {worst:.1e}")
     assert worst < 1e-8, worst
 

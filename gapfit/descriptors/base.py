@@ -130,6 +130,12 @@ class Descriptor:
         return True
 
     @classmethod
+    def combination_warnings(cls, descriptors: Sequence["Descriptor"]) -> List[str]:
+        """Warnings about this class's instances among all of a fit's coordinates (in order), for
+        what only their combination shows; none by default."""
+        return []
+
+    @classmethod
     def template(cls, params: Dict, piece: str = "", given=()) -> "Descriptor":
         """The descriptor of a piece that ``add_species=T`` will expand, for the checks made before the data
         is read: the checks that depend on the data's species wait for the expansion (by default: none)."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from .soap_mixing import Compression
-from .soap_power import store_rows
+from .soap_power import spectrum_norms, store_rows
 
 # Bytes of the gradient block (3, E, neighbours) of one group of neighbours.
 _GRAD_BLOCK_BYTES = 4 << 20
@@ -88,10 +88,7 @@ class CompressedPowerSpectrum:
                 y1, y2 = self._densities(Xl)
                 prods[:, :, l] = np.einsum("cmi,cmi->ci", y1[:, :, self._first], y2[:, :, self._second])
             q = prods.reshape(n_c, -1) * self._val_fac[None, :]
-        norm = np.sqrt(np.einsum("ij,ij->i", q, q))
-        if self.normalise:
-            norm = np.where(norm == 0.0, np.finfo(float).tiny, norm)
-        return q, norm
+        return q, spectrum_norms(q, self.normalise)
 
     def gradients(self, terms, ch, A, B, centre_of_pair, scale, qhat, grad_x, rows, centre_sum,
                   sum_index=None):

@@ -88,10 +88,7 @@ class PowerSpectrum:
         for l, Xl in enumerate(X):
             gram[:, l] = np.matmul(Xl.transpose(0, 2, 1), Xl)
         q = gram.reshape(n_c, -1)[:, self._gram_index] * self._fac[None, :]
-        norm = np.sqrt(np.einsum("ij,ij->i", q, q))
-        if self.normalise:
-            norm = np.where(norm == 0.0, np.finfo(float).tiny, norm)
-        return q, norm
+        return q, spectrum_norms(q, self.normalise)
 
     def gradients(self, terms, ch, A, B, centre_of_pair, scale, qhat, grad_x, rows, centre_sum,
                   sum_index=None):
@@ -157,6 +154,13 @@ class PowerSpectrum:
                     if nk2 > 1:
                         blk[:, -1] *= 1.0 / sqrt2
                 store_rows(g, qhat, cp, grad_x, rows[p], centre_sum, sum_index[p])
+
+
+def spectrum_norms(q: np.ndarray, normalise: bool) -> np.ndarray:
+    """|q| of each row; with ``normalise`` a zero norm becomes the smallest positive double (QUIP's
+    ``tiny``), so that an empty environment divides to a zero vector, not NaN."""
+    norm = np.sqrt(np.einsum("ij,ij->i", q, q))
+    return np.where(norm == 0.0, np.finfo(float).tiny, norm) if normalise else norm
 
 
 def store_rows(g, qhat, cp, grad_x, rows, centre_sum, sum_index):

@@ -112,6 +112,10 @@ class SoapTurbo(Descriptor):
         return [self.centre_Z]
 
     @classmethod
+    def combination_warnings(cls, descriptors: Sequence[Descriptor]) -> List[str]:
+        return quip_shared_basis_warnings(descriptors)
+
+    @classmethod
     def expand_species(cls, piece: str, species: List[int]) -> List[str]:
         # descriptor_str_add_species, DT_SOAP_TURBO (descriptors.F90:3730-3737): the template followed by
         # " n_species=N species_Z={Z1 Z2 … } central_index=i", integers each followed by a space (spec §1.5)

@@ -18,7 +18,6 @@ from ..data.e0 import compute_e0
 from ..data.extxyz import FrameIndex
 from ..data.targets import FrameLabels, entry_labels, frame_labels, frame_rows, species_in_order, unused_target_warnings
 from ..descriptors.neighbours import neighbour_list
-from ..descriptors.soap_turbo import quip_shared_basis_warnings
 from ..errors import DataError
 from ..kernels.covariance import Coordinate
 from ..runtime.parallel import rank0_call
@@ -54,7 +53,8 @@ def read_data(config: FitConfig, setup: FitSetup, source, comm, log: Reporter,
     gaps = expand_species(list(config.gaps), species) if extends is None else _base_coordinates(extends, species)
     coords = tuple(Coordinate(spec=g, descriptor=g.make_descriptor()) for g in gaps)
     descriptors = [c.descriptor for c in coords]
-    for text in dict.fromkeys([w for d in descriptors for w in d.warnings] + quip_shared_basis_warnings(descriptors)):
+    combined = [w for cls in dict.fromkeys(type(d) for d in descriptors) for w in cls.combination_warnings(descriptors)]
+    for text in dict.fromkeys([w for d in descriptors for w in d.warnings] + combined):
         log.warn(text)
     max_cutoff = max(c.descriptor.cutoff for c in coords)
     log(f"Species (order of first appearance): {' '.join(chemical_symbols[z] for z in species)}")
