@@ -251,9 +251,11 @@ class GapFit:
         scale, counts = calibrate_committee(models, source.read(_all(source)), self._target_names(names))
         self.committee_scale_ = scale
         if not self.quiet and self.comm.rank == 0:
-            print(f"committee of {n}: calibrated std = √((k·spread)² + s0²) with k = {scale[0]:.3g}, "
-                  f"s0 = {scale[1] * 1e3:.3g} meV/atom (energies, {counts['energy']} frames) and k = {scale[2]:.3g}, "
-                  f"s0 = {scale[3] * 1e3:.3g} meV/Å (forces, {counts['forces']} components)", file=self.stream)
+            print(f"committee of {n}: errors ~ Student-t(ν, scale √((k·spread)² + s0²)) with k = {scale[0]:.3g}, "
+                  f"s0 = {scale[1] * 1e3:.3g} meV/atom, ν = {scale[2]:.3g} (energies, {counts['energy']} frames) and "
+                  f"k = {scale[3]:.3g}, s0 = {scale[4] * 1e3:.3g} meV/Å, ν = {scale[5]:.3g} (forces, "
+                  f"{counts['forces']} components); energy_std and forces_std are σ-equivalents (±1: the "
+                  f"central 68 % interval)", file=self.stream)
         return with_scale(models, scale)
 
     def predict(self, frames) -> List[Dict[str, np.ndarray]]:

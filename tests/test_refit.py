@@ -270,23 +270,25 @@ def test_log_marginal_likelihood_in_the_report_serial_and_mpi(tmp_path, ta_split
     assert values["streaming"] == pytest.approx(values["lapack"], rel=1e-8)
 
 
-def _nll(k, floor, error, spread):
-    v = (k * spread) ** 2 + floor ** 2
-    return 0.5 * np.sum(np.log(v) + error ** 2 / v)
+def _nll(k, floor, nu, error, spread):
+    """−Σ log t_ν(e; 0, k²s² + s0²) by scipy.stats (independent of gapfit's own formula)."""
+    from scipy.stats import t
+    return -np.sum(t.logpdf(error, nu, scale=np.sqrt((k * spread) ** 2 + floor ** 2)))
 
 
 def test_committee_calibration(base_fit, ta_split, tmp_path):
-    """committee(calibrate=frames): (k, s0) maximise Σ log N(e; 0, k²s² + s0²) for energies per atom
-    and for force components, checked here on the members' own predictions (no better point within
-    ±1 %); stored in each member's XML, which QUIP still loads; CommitteeCalculator reports
-    √((k·spread)² + s0²)."""
+    """committee(calibrate=frames): (k, s0, ν) maximise Σ log t_ν(e; 0, k²s² + s0²) for energies per
+    atom and for force components, checked here on the members' own predictions (no better point
+    within ±1 % of each, ν within [1, 1000]); stored in each member's XML, which QUIP still loads;
+    CommitteeCalculator reports the σ-equivalent q_ν·√((k·spread)² + s0²), q_ν = t_ν⁻¹(Φ(1))."""
+    from scipy.stats import norm, t
     from gapfit.model.calculator import GapCalculator
     from gapfit.model.committee import CommitteeCalculator
     from gapfit.model.gap_xml import read_model, write_model
     _, held = ta_split
     validation = held[::2]
     members = base_fit.committee(6, seed=5, calibrate=validation)
-    k_e, s0_e, k_f, s0_f = base_fit.committee_scale_
+    k_e, s0_e, nu_e, k_f, s0_f, nu_f = base_fit.committee_scale_
     calcs = [GapCalculator(model=m) for m in members]
     e_err, e_spread, f_err, f_spread = [], [], [], []
     for frame in validation:
@@ -304,16 +306,18 @@ def test_committee_calibration(base_fit, ta_split, tmp_path):
         keep = (spread > 1e-9) | (np.abs(error) > 1e-9)  # zero by symmetry in data and members: left out
         f_err.extend(error[keep])
         f_spread.extend(spread[keep])
-    for (k, floor), error, spread in (((k_e, s0_e), e_err, e_spread), ((k_f, s0_f), f_err, f_spread)):
+    for (k, floor, nu), error, spread in (((k_e, s0_e, nu_e), e_err, e_spread), ((k_f, s0_f, nu_f), f_err, f_spread)):
         error, spread = np.array(error), np.array(spread)
-        best = _nll(k, floor, error, spread)
+        best = _nll(k, floor, nu, error, spread)
         for dk in (0.99, 1.01):
-            assert _nll(k * dk, floor, error, spread) >= best - 1e-9 * abs(best)
+            assert _nll(k * dk, floor, nu, error, spread) >= best - 1e-9 * abs(best)
             if floor > 1e-6 * np.abs(error).max():  # a floor at zero has no lower neighbour that matters
-                assert _nll(k, floor * dk, error, spread) >= best - 1e-9 * abs(best)
+                assert _nll(k, floor * dk, nu, error, spread) >= best - 1e-9 * abs(best)
+            if 1.0 < nu * dk < 1000.0:
+                assert _nll(k, floor, nu * dk, error, spread) >= best - 1e-9 * abs(best)
     assert k_e > 1 and k_f > 1, (k_e, k_f)  # the posterior of α alone understates the errors
-    print(f"calibration on {len(validation)} frames: k_E = {k_e:.3g}, s0_E = {s0_e:.2e} eV/atom, "
-          f"k_F = {k_f:.3g}, s0_F = {s0_f:.2e} eV/Å")
+    print(f"calibration on {len(validation)} frames: k_E = {k_e:.3g}, s0_E = {s0_e:.2e} eV/atom, ν_E = {nu_e:.3g}, "
+          f"k_F = {k_f:.3g}, s0_F = {s0_f:.2e} eV/Å, ν_F = {nu_f:.3g}")
     # the calculator calibrates the spread; uncalibrated members give the raw one
     atoms = held[1].copy()
     atoms.calc = CommitteeCalculator(members)
@@ -322,12 +326,13 @@ def test_committee_calibration(base_fit, ta_split, tmp_path):
     raw = held[1].copy()
     raw.calc = CommitteeCalculator(base_fit.committee(6, seed=5))
     raw.get_potential_energy()
-    assert scaled[0] == pytest.approx(np.hypot(k_e * raw.calc.results["energy_std"], len(raw) * s0_e), rel=1e-12)
-    np.testing.assert_allclose(scaled[1], np.hypot(k_f * raw.calc.results["forces_std"], s0_f), rtol=1e-12)
+    q_e, q_f = (t.ppf(norm.cdf(1.0), nu) for nu in (nu_e, nu_f))
+    assert scaled[0] == pytest.approx(q_e * np.hypot(k_e * raw.calc.results["energy_std"], len(raw) * s0_e), rel=1e-10)
+    np.testing.assert_allclose(scaled[1], q_f * np.hypot(k_f * raw.calc.results["forces_std"], s0_f), rtol=1e-10)
     # stored with the model; QUIP loads such a member and predicts what gapfit does
     write_model(members[0], str(tmp_path / "member.xml"))
     again = read_model(str(tmp_path / "member.xml"))
-    assert again.committee_scale == (k_e, s0_e, k_f, s0_f)
+    assert again.committee_scale == (k_e, s0_e, nu_e, k_f, s0_f, nu_f)
     with pytest.raises(ValueError, match="different calibrations"):
         CommitteeCalculator([again, base_fit.committee(1, seed=5)[0]])
     quippy = pytest.importorskip("quippy.potential")

@@ -71,7 +71,7 @@ class GapModel:
     core_ip_args: str = ""  # a core potential's QUIP init string (e.g. "IP Glue"), if any
     core_xml: Optional[str] = None  # its parameter file, written into the model verbatim
     #: a calibrated committee member's (k_E, s0_E eV/atom, k_F, s0_F eV/Å) (gapfit.model.committee)
-    committee_scale: Optional[Tuple[float, float, float, float]] = None
+    committee_scale: Optional[Tuple[float, ...]] = None
 
     @property
     def has_core(self) -> bool:
@@ -159,9 +159,9 @@ def render(model: GapModel, gp_basename: str, separate_sparse: bool = True):
             lines.extend(_cdata_lines(text.rstrip("\r\n"), "    "))
         lines.append("  </XYZ_data>")
     if model.committee_scale is not None:  # gapfit's own element: QUIP skips elements it does not know
-        k_e, s0_e, k_f, s0_f = (_num(v) for v in model.committee_scale)
-        lines.append(f'  <gapfit_committee energy_scale="{k_e}" energy_floor="{s0_e}" forces_scale="{k_f}" '
-                     f'forces_floor="{s0_f}"/>')
+        k_e, s0_e, nu_e, k_f, s0_f, nu_f = (_num(v) for v in model.committee_scale)
+        lines.append(f'  <gapfit_committee energy_scale="{k_e}" energy_floor="{s0_e}" energy_dof="{nu_e}" '
+                     f'forces_scale="{k_f}" forces_floor="{s0_f}" forces_dof="{nu_f}"/>')
     lines.append("</GAP_params>")
     lines.append(f"</{label}>")
     for ln in lines:
@@ -293,8 +293,9 @@ def read_model(path: str) -> GapModel:
     coords = [_coordinate(el, base, path) for el in sparse.findall("gpCoordinates")]
     command_line = params.findtext("command_line", default="") or ""
     committee = params.find("gapfit_committee")
-    scale = None if committee is None else tuple(_float(committee.get(key, "0")) for key in (
-        "energy_scale", "energy_floor", "forces_scale", "forces_floor"))
+    scale = None if committee is None else tuple(_float(committee.get(key, default)) for key, default in (
+        ("energy_scale", "1"), ("energy_floor", "0"), ("energy_dof", "1000"), ("forces_scale", "1"),
+        ("forces_floor", "0"), ("forces_dof", "1000")))
     return GapModel(committee_scale=scale, label=label, e0=e0, coordinates=coords, gap_version=int(params.get("gap_version", "0")),
                     fitted=sparse.get("fitted", "T").strip().upper().startswith("T"),
                     command_line=command_line.strip(), path=path, core_ip_args=core_args, core_xml=core_xml)
