@@ -173,6 +173,6 @@ def test_every_top_level_option_registered():
                 "do_ip_timing", "template_file", "sparsify_only_no_fit", "dryrun", "condition_number_norm",
                 "linear_system_dump_file", "mpi_blocksize_rows", "mpi_blocksize_cols", "mpi_print_all",
                 "export_covariance", "mpi_candidate_order", "report_file", "progress_interval", "linear_solver", "checkpoint_file",
-                "checkpoint_interval", "extend_checkpoint", "row_chunk_mb", "training_errors", "test_file",
+                "checkpoint_interval", "extend_checkpoint", "row_chunk_mb", "training_errors", "training_errors_atoms", "test_file",
                 "allow_unfitted_targets"}
     assert expected == set(TOP_LEVEL.names())

@@ -108,6 +108,39 @@ def test_training_and_test_errors_equal_quippys(tmp_path, quippy, ranks):
         assert (tmp_path / f"parity_{quantity}.png").stat().st_size > 10000
 
 
+def _sample(frames, atoms):
+    """The frames the training table scores for ``training_errors_atoms=atoms``, by the rule docs/errors.md
+    states (about ``atoms`` atoms; in each config_type of F frames, n = max(5, round(fF)) of them, f the
+    atom fraction, at positions ⌊(k + ½)F/n⌋; all of a config_type of at most 5)."""
+    fraction = atoms / sum(len(a) for a in frames)
+    by_type = {}
+    for k, a in enumerate(frames):
+        by_type.setdefault(a.info.get("config_type", "default"), []).append(k)
+    chosen = []
+    for members in by_type.values():
+        n = len(members) if len(members) <= 5 else max(5, int(round(fraction * len(members))))
+        chosen += [members[int((k + 0.5) * len(members) / n)] for k in range(n)]
+    return sorted(chosen)
+
+
+@pytest.mark.parametrize("ranks", [None, 2])
+def test_sampled_training_errors_equal_quippys_on_the_chosen_frames(tmp_path, quippy, ranks):
+    """training_errors_atoms: the table scores frames spread through each config_type, the same ones on
+    any number of ranks, says "n of N" per config_type, and equals quippy's errors on exactly those."""
+    train, _ = _split(tmp_path)
+    budget = sum(len(a) for a in train) // 4
+    proc = run_gapfit(["at_file=train.xyz", "gp_file=gp.xml", "report_file=report.json",
+                       f"training_errors_atoms={budget}", *OPTIONS], tmp_path, mpi_ranks=ranks, training_errors=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    chosen = [train[k] for k in _sample(train, budget)]
+    assert len(chosen) == 38 and len(train) == 61  # 5 of each of the two 16- and 17-frame config_types
+    report = json.loads((tmp_path / "report.json").read_text())
+    _compare(report["errors"]["training"], _independent(tmp_path / "gp.xml", chosen))
+    assert f"{len(chosen)} of {len(train)} frames" in proc.stdout
+    row = next(line for line in proc.stdout.splitlines() if line.strip().startswith("overall"))
+    assert f"{len(chosen)} of {len(train)}" in row
+
+
 def _gapfit_eval(args, cwd, ranks=None):
     cmd = [sys.executable, "-m", "gapfit.model.evaluate", *args]
     if ranks:

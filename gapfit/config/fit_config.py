@@ -86,6 +86,7 @@ class OutputsConfig:
     export_covariance: bool
     dump_prefix: str  # linear_system_dump_file
     training_errors: bool
+    training_errors_atoms: int  # 0: every frame
     test_files: Tuple[str, ...]
 
 
@@ -194,7 +195,7 @@ def _outputs(opts: TopLevelOptions) -> OutputsConfig:
                          report_file=v["report_file"], separate_sparse=v["sparse_separate_file"],
                          copy_atoms_file=v["do_copy_atoms_file"], export_covariance=v["export_covariance"],
                          dump_prefix=v["linear_system_dump_file"], training_errors=v["training_errors"],
-                         test_files=tests)
+                         training_errors_atoms=v["training_errors_atoms"], test_files=tests)
 
 
 def _run(v) -> RunConfig:

@@ -128,13 +128,17 @@ def error_reports(config: FitConfig, data: TrainingData, model: GapModel, comm, 
     if not out.training_errors and not out.test_files:
         return {}
     from ..model.calculator import GapPotential  # lazy: ASE's calculators only when errors are reported
-    from ..model.scores import file_errors, report_errors
+    from ..model.scores import file_errors, report_errors, sample_frames
     potential = GapPotential(model)
     errors: Dict[str, dict] = {}
     if out.training_errors:
         with log.phase(f"Errors on {what}"):
-            errors["training"] = report_errors(comm, log, potential, data.source, data.entries, data.my_frames,
-                                               names, what)
+            chosen = sample_frames([lab.config_type for lab in data.labels], [e.n_atoms for e in data.entries],
+                                   data.my_frames, out.training_errors_atoms)
+            if chosen.note:
+                log(f"Errors on {what}: {chosen.note}")
+            errors["training"] = report_errors(comm, log, potential, data.source, data.entries, chosen.frames,
+                                               names, what, totals=chosen.totals)
     for path in out.test_files:
         with log.phase(f"Errors on test_file '{_short(path)}'"):  # the timing table's row: the file's name
             errors.setdefault("test", {})[path] = file_errors(comm, log, potential, path, names, "test_file",

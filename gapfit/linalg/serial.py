@@ -50,8 +50,13 @@ def cholesky_upper(k_mm: np.ndarray, sparse_jitter: float, warn=None) -> np.ndar
     return np.ascontiguousarray(lower.T)
 
 
+#: dgeqrt's block size: its recursive panels make the whole QR BLAS-3 (77 GFLOP/s on 2 cores for
+#: 40,000 × 1,000, where dgeqrf's BLAS-2 panels ran at 14; ``benchmarks/fold_rate.py``)
+QR_BLOCK = 128
+
+
 def qr_solve(a: np.ndarray, b: np.ndarray, overwrite: bool = True, extras=None):
-    """Least-squares solution of min ‖a·x − b‖ by Householder QR (dgeqrf, dormqr, trtrs).
+    """Least-squares solution of min ‖a·x − b‖ by Householder QR (dgeqrt, dgemqrt, trtrs).
 
     ``a`` should be Fortran-ordered (it is factorised in place when
     ``overwrite``).  Returns ``(x, r)`` with the upper-triangular R.  A dict ``extras`` gets
@@ -63,16 +68,13 @@ def qr_solve(a: np.ndarray, b: np.ndarray, overwrite: bool = True, extras=None):
         raise NumericalError(f"the linear system has {n_rows} rows for {n_cols} unknowns")
     a = np.asfortranarray(a)
     with lapack_threads(n_cols, small=SMALL_QR):
-        lwork, info = lapack.dgeqrf_lwork(n_rows, n_cols)
-        qr, tau, _, info = lapack.dgeqrf(a, lwork=int(lwork), overwrite_a=int(overwrite))
+        qr, t, info = lapack.dgeqrt(max(1, min(QR_BLOCK, n_cols)), a, overwrite_a=int(overwrite))
         if info != 0:
-            raise NumericalError(f"LAPACK dgeqrf failed (info={info}) on a {n_rows}x{n_cols} matrix")
+            raise NumericalError(f"LAPACK dgeqrt failed (info={info}) on a {n_rows}x{n_cols} matrix")
         c = np.asfortranarray(np.asarray(b, dtype=float).reshape(-1, 1).copy())
-        _, work, info = lapack.dormqr("L", "T", qr, tau, c, lwork=-1)
-        lwork_q = int(np.real(np.ravel(work)[0]))
-        c, _, info = lapack.dormqr("L", "T", qr, tau, c, lwork=max(lwork_q, n_cols, 1), overwrite_c=1)
+        c, info = lapack.dgemqrt(qr, t, c, side="L", trans="T", overwrite_c=1)
     if info != 0:
-        raise NumericalError(f"LAPACK dormqr failed (info={info})")
+        raise NumericalError(f"LAPACK dgemqrt failed (info={info})")
     r = np.triu(qr[:n_cols, :n_cols])
     diag = np.abs(np.diag(r))
     if diag.size and (diag.min() == 0.0 or not np.all(np.isfinite(diag))):
@@ -94,13 +96,13 @@ def qr_flops(n_rows: int, n_cols: int) -> float:
 
 
 def sampled_qr_rate(n_cols: int) -> float:
-    """FLOP/s of this process's dgeqrf on a small tall sample (~0.1 s), for time estimates.
+    """FLOP/s of this process's dgeqrt (as :func:`qr_solve` runs it) on a small tall sample (~0.1 s),
+    for time estimates.
 
     A narrower sample than the real matrix runs at a lower rate, so estimates err long.
     """
     width = max(1, min(int(n_cols), 512))
     a = np.asfortranarray(np.random.default_rng(0).standard_normal((8 * width, width)))
-    lwork, _ = lapack.dgeqrf_lwork(*a.shape)
     start = time.perf_counter()
-    lapack.dgeqrf(a, lwork=int(lwork), overwrite_a=1)
+    lapack.dgeqrt(min(QR_BLOCK, width), a, overwrite_a=1)
     return qr_flops(*a.shape) / max(time.perf_counter() - start, 1e-6)

@@ -6,10 +6,15 @@ matrix [A | b] = Q R̃ has the (M+1)×(M+1) upper-triangular R̃ = [[R, c], [0, 
 
     min ‖A α − b‖  ⇒  R α = c,   with the residual ‖A α − b‖ = |ρ|.
 
-Blocks of rows are folded with LAPACK's triangular-pentagonal QR (``dtpqrt``: R̃ ← R of
-[R̃ ; B]), which is Householder QR, never the normal equations.  Two factors of disjoint row sets
-fold into one (``merge``), which is how the ranks' factors are combined under MPI, and how a
-finished fit is extended with new data.
+Blocks of rows are folded by Householder QR, never the normal equations.  A full block B of
+``block_rows`` ≈ 8(M+1) rows is factorised on its own by ``dgeqrt`` (recursive panels: BLAS-3
+throughout) and its triangle merged into R̃ by LAPACK's triangular-pentagonal QR (``dtpqrt`` with
+B upper triangular); a short block goes into ``dtpqrt`` directly.  Measured on 2 cores (OpenBLAS,
+DGEMM 128 GFLOP/s, M = 1000, 40,000 rows; ``benchmarks/fold_rate.py``): 70 GFLOP/s for blocks of
+8(M+1) rows, 64 for 4(M+1), where ``dtpqrt`` alone on blocks of M+1 rows (the fold before issue 22)
+ran at 41 and LAPACK's ``dgeqrf`` of the whole matrix at 14 (its BLAS-2 panels are memory-bound).
+Two factors of disjoint row sets fold into one (``merge``), which is how the ranks' factors are
+combined under MPI, and how a finished fit is extended with new data.
 """
 
 from __future__ import annotations
@@ -25,25 +30,42 @@ from ..runtime.threads import lapack_threads
 
 # dtpqrt's inner block size (LAPACK's usual choice for these sizes)
 INNER_BLOCK = 32
-#: factors up to this size always fold with one BLAS thread (gapfit.runtime.threads)
+#: dgeqrt's block size for a full block of rows (77 GFLOP/s at 128 against 66 at 32, M = 1000)
+GEQRT_BLOCK = 128
+#: a full block holds this many times M+1 rows (69 GFLOP/s at 8, 63 at 4, M = 1000) ...
+BLOCK_FACTOR = 8
+#: ... unless its buffer would take more than this (then at least M+1 rows)
+BLOCK_BYTES = 256 * 1024 ** 2
+#: factors up to this size always fold with one BLAS thread (gapfit.runtime.threads) in dtpqrt ...
 SMALL_FACTOR = 1024
+#: ... and in dgeqrt, whose large BLAS-3 calls keep two threads busy from here on
+GEQRT_SMALL = 256
+
+
+def default_block_rows(n_columns: int) -> int:
+    """Rows of a full block for a factor of ``n_columns`` + 1 columns (the fit's streaming solver)."""
+    n = int(n_columns) + 1
+    return max(256, n, min(BLOCK_FACTOR * n, BLOCK_BYTES // (8 * n)))
+
 
 class TriangularFactor:
     """R̃ of the rows [A | b] folded so far: a sink for :func:`gapfit.solve.rows.kernel_row_chunks`.
 
-    Rows are buffered into blocks of at least ``block_rows`` (≥ M + 1 keeps dtpqrt's updates
-    matrix-matrix products) before they are folded.
+    Rows are buffered into blocks of ``block_rows`` (default :func:`default_block_rows`; at least M + 1,
+    which keeps dtpqrt's updates matrix-matrix products) before they are folded; ``tall_blocks``
+    folds full blocks of at least 2(M+1) rows by dgeqrt and a triangle merge (module docstring).
     """
 
     def __init__(self, n_columns: int, block_rows: Optional[int] = None, r: Optional[np.ndarray] = None,
-                 rows_folded: int = 0):
+                 rows_folded: int = 0, tall_blocks: bool = True):
         self.n_columns = int(n_columns)
         n = self.n_columns + 1
         self.r = np.zeros((n, n), order="F") if r is None else np.asfortranarray(r, dtype=float)
         if self.r.shape != (n, n):
             raise ValueError(f"a factor of {self.r.shape} for {n_columns} columns")
         self.rows_folded = int(rows_folded)
-        self.block_rows = max(int(block_rows or 0), n, 256)
+        self.block_rows = max(int(block_rows or default_block_rows(self.n_columns)), n, 256)
+        self.tall_blocks = bool(tall_blocks)
         self._buffer = np.zeros((self.block_rows, n), order="F")
         self._buffered = 0
         self.rows = 0  # rows added through add() (the sink's count, as DenseRows.rows)
@@ -120,8 +142,16 @@ class TriangularFactor:
     def _fold(self, block: np.ndarray, triangular: bool) -> None:
         n = self.r.shape[0]
         m = block.shape[0]
-        nb = max(1, min(INNER_BLOCK, n, m))
+        if self.tall_blocks and not triangular and m >= 2 * n:
+            # the block's own R (BLAS-3 recursive panels: worth both cores from M = 256 on, 63 against
+            # 45 GFLOP/s at M = 1000), then a triangle-into-triangle merge
+            with lapack_threads(self.n_columns, small=GEQRT_SMALL):
+                qr, _, info = lapack.dgeqrt(min(GEQRT_BLOCK, n), np.asfortranarray(block), overwrite_a=1)
+            if info != 0:
+                raise NumericalError(f"LAPACK dgeqrt failed (info={info}) on a block of {m} rows")
+            block, triangular, m = np.triu(qr[:n]), True, n
         with lapack_threads(self.n_columns, small=SMALL_FACTOR):
+            nb = max(1, min(INNER_BLOCK, n, m))
             # l: the rows of B that are upper trapezoidal (an upper-triangular factor: all of them)
             r, _, _, info = lapack.dtpqrt(n if triangular else 0, nb, self.r, np.asfortranarray(block),
                                           overwrite_a=1, overwrite_b=1)

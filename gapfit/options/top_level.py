@@ -159,6 +159,10 @@ TOP_LEVEL = Schema([
     Param("training_errors", to_bool, True,
           help="gapfit: after the fit, report the model's errors on the training data per config_type (a second "
                "pass over the data: descriptors with gradients and predictions, not kernel rows)", fingerprint=False),
+    Param("training_errors_atoms", to_int, 25000, check=non_negative,
+          help="gapfit: score about this many atoms of the training data for training_errors, in frames spread "
+               "evenly through each config_type (every frame of a config_type with fewer than 5; the table says "
+               "how many); 0 scores every frame", fingerprint=False),
     Param("test_file", to_str, "",
           help="gapfit: extended XYZ file(s) of held-out frames (separated by commas or spaces in braces): "
                "report the model's errors on them per config_type", fingerprint=False),

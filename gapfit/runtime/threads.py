@@ -1,6 +1,6 @@
 """BLAS threads for the LAPACK factorisations: one thread when more would only wait.
 
-dtpqrt (the streaming fold) and dgeqrf/dormqr on a narrow A are many small BLAS calls.  OpenBLAS
+dtpqrt (the streaming fold) and dgeqrt/dgemqrt on a narrow A are many small BLAS calls.  OpenBLAS
 threads that wait for cores busy with other work make them crawl: on the 2-core development
 machine beside two other jobs, folding 430 rows into a 430² factor took 3.1 s with 2 threads and
 0.014 s with one (1020²: 0.41 against 0.25 s; 2000²: 23.7 against 1.7 s), and the example's dense

@@ -112,7 +112,7 @@ def _u_rows(ctx: FitContext, a_local: np.ndarray, filled: int, u_count: np.ndarr
 
 
 def _qr_estimate(n_rows, n_cols, n_ranks):
-    """(seconds, how) the QR should take, from a small dgeqrf sample; None for a short QR."""
+    """(seconds, how) the QR should take, from a small dgeqrt sample; None for a short QR."""
     flops = qr_flops(n_rows, n_cols)
     if flops < 2e10:  # a few seconds at most: no heartbeat will print
         return None

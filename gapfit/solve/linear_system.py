@@ -26,7 +26,7 @@ from ..data.e0 import SpeciesOffsets
 from ..data.extxyz import FrameIndex
 from ..kernels.covariance import Coordinate, k_mm
 from ..linalg.serial import cholesky_upper
-from ..linalg.triangular import TriangularFactor
+from ..linalg.triangular import GEQRT_BLOCK, TriangularFactor, default_block_rows
 from ..runtime.memory import available_memory
 from ..runtime.report import Reporter, human_bytes
 from .evidence import log_marginal_likelihood
@@ -35,11 +35,11 @@ from .sinks import Tee
 
 #: auto: the dense path only while A takes less than this share of the memory available
 DENSE_MEMORY_SHARE = 0.5
-#: auto: the dense path while A takes at most this much per rank.  benchmarks/streaming_vs_dense.py
-#: (N = 20 M, 2 BLAS threads, 2-core EPYC, idle machine): streaming/dense time 0.77 at M = 500,
-#: 0.83 at 1000, 1.00 at 2000, 1.07 at 3000, 0.94 at 4000 -- the same within the noise, at a tenth
-#: of the memory or less.  But on a loaded machine the fold's many small LAPACK calls lose more
-#: than one big QR (the example fit, M = 430, N = 15k, beside two other jobs: fold 10 s against
+#: auto: the dense path while A takes at most this much per rank.  On a whole fit the streaming path
+#: is the quicker (InP-small, N = 367,900, M = 1,060, 2 cores: 64.9 s at 394 MiB against 83.2 s at
+#: 3.19 GiB dense, whose rows are first written into A; the fold alone runs at 3/4 of the dense
+#: dgeqrt's rate, benchmarks/fold_rate.py).  On a loaded machine the fold's small LAPACK calls lose
+#: more than one big QR (the example fit, M = 430, N = 15k, beside two other jobs: fold 10 s against
 #: QR 2.9 s), so a small A, whose memory does not matter, stays dense.
 DENSE_AUTO_BYTES = 256 * 2 ** 20
 
@@ -103,9 +103,10 @@ class Solution:
 
 
 def streaming_bytes(n_sparse: int) -> float:
-    """Per-rank memory of the streaming path: the factor, its row buffer and one chunk."""
+    """Per-rank memory of the streaming path: the factor, its row buffer (and the buffer's triangle and
+    dgeqrt's T while it folds) and one chunk."""
     n = n_sparse + 1
-    return 8.0 * n * n + 8.0 * max(n, 256) * n + 2.0 * CHUNK_BYTES
+    return 8.0 * n * n * 2 + 8.0 * (default_block_rows(n_sparse) + GEQRT_BLOCK) * n + 2.0 * CHUNK_BYTES
 
 
 def choose_path(asked: str, n_rows: int, n_sparse: int, n_ranks: int, log) -> str:
@@ -122,7 +123,7 @@ def choose_path(asked: str, n_rows: int, n_sparse: int, n_ranks: int, log) -> st
         log(f"linear_solver=auto: dense (A takes {human_bytes(a_bytes)} per rank)")
         return "dense"
     log(f"linear_solver=auto: streaming (memory {human_bytes(streaming_bytes(n_sparse))} per rank instead of "
-        f"{human_bytes(a_bytes)} for A, as fast)")
+        f"{human_bytes(a_bytes)} for A, and no A to fill)")
     return "streaming"
 
 

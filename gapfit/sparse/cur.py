@@ -96,7 +96,7 @@ def descriptor_leverage(x: np.ndarray, m: int, log=_silent) -> np.ndarray:
     """
 
     n, d = x.shape
-    factor = TriangularFactor(d - 1, block_rows=max(4 * d, 1024))  # d columns in all
+    factor = TriangularFactor(d - 1, block_rows=max(4 * d, 1024), tall_blocks=False)  # picks as before  # d columns in all
     step = factor.block_rows
     for start in range(0, n, step):
         factor.add_rows(x[start:start + step])
