@@ -234,6 +234,32 @@ def test_dryrun_estimates_memory_and_writes_nothing(tmp_path):
     assert counted == chosen and len(chosen) >= 3, (counted, chosen)
 
 
+@pytest.mark.parametrize("ranks, solver", [(None, "dense"), (None, "streaming"), (2, "streaming")])
+def test_dryrun_estimates_the_wall_time(tmp_path, ranks, solver):
+    """dryrun=T times the fit's own code on a sample (gapfit.fit.dryrun_time) and prints each phase once
+    (rank 0), with a total that is their sum; nothing is written.  How good the prediction is is a
+    benchmark's question (benchmarks/dryrun_prediction.py), not a test's."""
+    shutil.copy(QUIP_TESTS / "SiC.np1.xyz", tmp_path)
+    proc = run_gapfit(["at_file=SiC.np1.xyz", "gap={" + GAP + " : soap l_max=3 n_max=4 atom_sigma=0.5 cutoff=3.5 "
+                       "covariance_type=dot_product delta=0.5 zeta=2 n_sparse=20 sparse_method=cur_points}",
+                       "gp_file=gp.xml", "dryrun=T", f"linear_solver={solver}", *OPTS], tmp_path, mpi_ranks=ranks,
+                      training_errors=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("Wall time estimate (dryrun=T)") == 1
+    block = proc.stdout.split("Wall time estimate (dryrun=T)")[1]
+    phases = ["sparse points", "descriptors and K_NM rows",
+              "fold into the (M+1)² factor" if solver == "streaming" else "dense QR", "training errors"]
+    seconds = []
+    for phase in phases:
+        line = next(line for line in block.splitlines() if line.strip().startswith(phase))
+        seconds.append(float(line.strip()[len(phase):].split()[0]))
+    assert all(s > 0 for s in seconds), seconds
+    total = float(re.search(r"total about ([0-9.e+-]+) s", block).group(1))
+    assert total == pytest.approx(sum(seconds), rel=0.02)
+    assert f"on {ranks or 1} rank(s)" in block
+    assert not list(tmp_path.glob("gp.xml*"))
+
+
 @pytest.mark.parametrize("umask", [0o077, 0o022])
 def test_written_files_keep_the_users_umask(tmp_path, umask):
     """Issue 19: the model and its sparseX files get the mode open() would give them (0600 under umask

@@ -1,4 +1,5 @@
-"""``dryrun=T``: count instances and gradient rows, then estimate the peak memory per rank."""
+"""``dryrun=T``: count instances and gradient rows, estimate the peak memory per rank, then the wall time
+(:mod:`.dryrun_time`)."""
 
 from __future__ import annotations
 
@@ -9,22 +10,28 @@ from ..descriptors.neighbours import neighbour_list
 from ..kernels.covariance import DEFAULT_BLOCK_BYTES
 from ..runtime.memory import available_memory
 from ..runtime.report import human_bytes, peak_rss_bytes
-from ..solve.linear_system import streaming_bytes
+from ..solve.linear_system import choose_path, streaming_bytes
 from ..solve.rows import CHUNK_BYTES
 from ..sparse.candidates import CANDIDATE_METHODS, candidate_passes
+from .dryrun_time import wall_time_estimate
 from .finish import FitResult
 
 
-def dry_run(data, comm, log):
-    """dryrun=T: the memory estimate, and no fit (a FitResult without a model)."""
-    memory_estimate(log, comm, data.source, data.entries, data.my_frames, data.coords, data.frame_rows, data.owner,
-                    data.max_cutoff)
+def dry_run(config, setup, data, comm, log):
+    """dryrun=T: the memory and wall-time estimates, and no fit (a FitResult without a model)."""
+    sizes = memory_estimate(log, comm, data.source, data.entries, data.my_frames, data.coords, data.frame_rows,
+                            data.owner, data.max_cutoff)
+    m_per_coordinate, instances = comm.bcast(sizes, root=0)
+    n_rows = int(data.frame_rows.sum())
+    path = choose_path(config.solver.path, n_rows, sum(m_per_coordinate), comm.size, lambda text: None)
+    wall_time_estimate(config, setup, data, comm, log, m_per_coordinate, instances, path)
     log("dryrun=T: stopping before the fit")
     return FitResult(model=None, alpha=[], sparse_x=[], sparse_cutoff=[], sparse_index=[], e0=data.e0)
 
 
 def memory_estimate(log, comm, source, entries, my_frames, coords, frame_rows_count, owner, max_cutoff):
-    """dryrun=T: count instances and gradient rows, then estimate the peak memory per rank."""
+    """dryrun=T: count instances and gradient rows, then estimate the peak memory per rank.  Returns
+    (sparse points, instances) per coordinate on rank 0, None elsewhere."""
     n_coord = len(coords)
     counts = np.zeros((n_coord, 2), dtype=np.int64)  # instances, gradient rows
     biggest_frame = 0.0
@@ -42,16 +49,17 @@ def memory_estimate(log, comm, source, entries, my_frames, coords, frame_rows_co
     counts = comm.allreduce_sum(counts)
     biggest_frame = comm.allreduce_max(biggest_frame)
     if comm.rank != 0:
-        return
+        return None
     log.title("Memory estimate (dryrun=T)")
     m_total, cand_bytes = 0, 0.0
-    rows = []
+    rows, m_per_coordinate = [], []
     for k, c in enumerate(coords):
         gp, d = c.spec.gp, c.descriptor.dimensions
         n_inst, n_grad = (int(v) for v in counts[k])
         m = gp.n_sparse if gp.n_sparse > 0 else n_inst
         m = min(m, n_inst) if gp.sparse_method not in ("file", "index_file") else m
         m_total += m
+        m_per_coordinate.append(int(m))
         rows.append([k + 1, c.descriptor.name, d, n_inst, n_grad, m, human_bytes(3.0 * n_grad * d * 8)])
     log.table(["coordinate", "descriptor", "d", "instances", "gradient rows", "M", "all gradients"], rows)
     # rank 0 holds the candidates of one pass at a time (values, cutoff, config type and the
@@ -100,3 +108,4 @@ def memory_estimate(log, comm, source, entries, my_frames, coords, frame_rows_co
             f"one rank per core, or linear_solver=streaming")
     if available and streaming + extra <= available:
         log(f"  the streaming path fits this machine on one process ({human_bytes(streaming + extra)})")
+    return m_per_coordinate, [int(v) for v in counts[:, 0]]

@@ -72,7 +72,7 @@ def run_fit(config: FitConfig, source, comm=None, stream=None, quiet=False, writ
         banner(log, config, comm, setup)
         data = read_data(config, setup, source, comm, log, extends)
         if config.run.dryrun:
-            return dry_run(data, comm, log)
+            return dry_run(config, setup, data, comm, log)
         run = open_checkpoint(config, setup, data, comm, log, stop, extends)
         sparse = choose_sparse(config, data, run, comm, log)
         if config.sparse.only:

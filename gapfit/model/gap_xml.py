@@ -70,7 +70,7 @@ class GapModel:
     path: str = ""
     core_ip_args: str = ""  # a core potential's QUIP init string (e.g. "IP Glue"), if any
     core_xml: Optional[str] = None  # its parameter file, written into the model verbatim
-    #: a calibrated committee member's (k_E, s0_E eV/atom, k_F, s0_F eV/Å) (gapfit.model.committee)
+    #: a calibrated committee member's (k_E, s0_E eV/atom, ν_E, k_F, s0_F eV/Å, ν_F) (gapfit.model.committee)
     committee_scale: Optional[Tuple[float, ...]] = None
 
     @property
