@@ -279,3 +279,30 @@ def test_candidates_on_disk_choose_what_memory_chooses():
         assert np.array_equal(a, b)
     drop_pages(on_disk)  # a no-op on the values
     assert np.array_equal(on_disk[2999], x[2999])
+
+
+def test_coordinates_sharing_a_pass_choose_the_same_points(monkeypatch):
+    """Consecutive soap coordinates share a pass over the data when their candidates fit PASS_BYTES
+    (gapfit.sparse.candidates.candidate_passes): the same sparse points, bit for bit, as one pass each."""
+    from ase.io import read
+    from conftest import DATA
+    from gapfit.sparse import candidates
+    frames = read(str(DATA / "inp_snap" / "InP_subset.xyz"), ":")
+    options = dict(gap="distance_2b cutoff=5.0 covariance_type=ard_se delta=1.0 theta_uniform=1.0 n_sparse=15 "
+                       "sparse_method=uniform : soap l_max=3 n_max=4 atom_sigma=0.5 cutoff=4.0 "
+                       "cutoff_transition_width=0.5 central_weight=1.0 n_species=2 species_Z={15 49} "
+                       "covariance_type=dot_product delta=0.1 zeta=2 n_sparse=40 sparse_method=cur_points",
+                   energy_parameter_name="energy", force_parameter_name="forces", virial_parameter_name="virial",
+                   e0_method="average", default_sigma=[0.002, 0.1, 0.05, 0.0], sparse_jitter=1e-8, rnd_seed=4,
+                   training_errors=False, quiet=True)
+    groups = []
+    real = candidates.candidate_passes
+    monkeypatch.setattr(candidates, "candidate_passes", lambda *a, **k: groups.append(real(*a, **k)) or groups[-1])
+    shared = GapFit(**options).fit(frames)
+    monkeypatch.setattr(candidates, "PASS_BYTES", 0)
+    alone = GapFit(**options).fit(frames)
+    assert groups == [[[0, 1, 2, 3, 4]], [[0, 1, 2], [3], [4]]]  # 3 pairs, then a soap per species
+    for a, b in zip(shared.model_.coordinates, alone.model_.coordinates):
+        assert np.array_equal(a.sparse_x, b.sparse_x)
+    for a, b in zip(shared.alpha_, alone.alpha_):
+        assert np.array_equal(a, b)

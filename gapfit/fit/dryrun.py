@@ -66,7 +66,7 @@ def memory_estimate(log, comm, source, entries, my_frames, coords, frame_rows_co
     # selection's per-candidate temporaries); under MPI also the gathered copy it reorders
     need = [c.spec.gp.sparse_method in CANDIDATE_METHODS for c in coords]
     cand_bytes = max((sum(counts[k, 0] * (coords[k].descriptor.dimensions + 6) * 8.0 for k in group)
-                      for group in candidate_passes(coords, need)), default=0.0) * (2 if comm.size > 1 else 1)
+                      for group in candidate_passes(coords, need, int(sum(e.n_atoms for e in entries)))), default=0.0) * (2 if comm.size > 1 else 1)
     n_rows = int(frame_rows_count.sum())
     a_total = 8.0 * (n_rows + m_total) * m_total
     baseline = float(peak_rss_bytes())

@@ -32,22 +32,35 @@ def config_type_index(label_ct: str, names: List[str]) -> int:
 
 
 #: descriptors with more dimensions than this get a pass over the data of their own (their
-#: candidates are large even on disk); runs of smaller ones share a pass
+#: candidates are large even on disk) unless they fit in PASS_BYTES together; runs of smaller ones share a pass
 OWN_PASS_DIMENSIONS = 64
 
+#: consecutive high-dimensional coordinates share a pass while their candidates (at most one per atom
+#: each: n_atoms × d doubles, in $TMPDIR) take no more than this together.  Each pass reads the data and
+#: builds every neighbour list again: on a quarter of InP (inp_small options) the three passes of
+#: 3 distance_2b + 2 soap took 5.2 s, 2.9 s of it neighbour lists.  W–Be's soap (263k W atoms, d = 660:
+#: 1.4 GB) still gets its own.
+PASS_BYTES = 1024 ** 3
 
-def candidate_passes(coords, need) -> List[List[int]]:
-    """Coordinates in order, grouped into passes over the data: runs of low-dimensional ones
-    together, each high-dimensional one (soap) alone."""
+
+def candidate_passes(coords, need, n_atoms: Optional[int] = None) -> List[List[int]]:
+    """Coordinates in order, grouped into passes over the data: runs of low-dimensional ones together,
+    and high-dimensional ones (soap) together while ``n_atoms`` × their dimensions fit PASS_BYTES
+    (each alone when ``n_atoms`` is not given)."""
     passes: List[List[int]] = []
+    pass_bytes = 0.0
     for k, c in enumerate(coords):
         if not need[k]:
             continue
-        small = c.descriptor.dimensions <= OWN_PASS_DIMENSIONS
-        if small and passes and passes[-1][-1] == k - 1 and coords[k - 1].descriptor.dimensions <= OWN_PASS_DIMENSIONS:
+        d = c.descriptor.dimensions
+        size = 0.0 if d <= OWN_PASS_DIMENSIONS else (8.0 * d * n_atoms if n_atoms is not None else float("inf"))
+        follows = passes and passes[-1][-1] == k - 1
+        if follows and pass_bytes + size <= PASS_BYTES:
             passes[-1].append(k)
+            pass_bytes += size
         else:
             passes.append([k])
+            pass_bytes = size
     return passes
 
 
@@ -137,7 +150,7 @@ def sparse_points(comm, log, source, entries, labels, my_frames, coords, config_
     made, and its candidates dropped, before the next pass over the data.
     """
     need = [c.spec.gp.sparse_method in CANDIDATE_METHODS or c.spec.gp.theta_rule == "factor" for c in coords]
-    passes = candidate_passes(coords, need)
+    passes = candidate_passes(coords, need, int(sum(e.n_atoms for e in entries)))
     pass_of = {k: i for i, group in enumerate(passes) for k in group}
     choices: List[Optional[SparseChoice]] = []
     thetas = []
