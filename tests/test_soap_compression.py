@@ -32,8 +32,8 @@ from gapfit.fit.sparse_phase import gap_fit_stream_skip  # noqa: E402
 from gapfit.model.gap_xml import read_model  # noqa: E402
 from gapfit.runtime.quip_random import ParkMiller  # noqa: E402
 
-from conftest import (QUIP_TESTS, calculator_differences, evaluation_rounding_floor, every_nth_frame,  # noqa: E402
-                      prediction_differences, run_gapfit)
+from conftest import (QUIP_TESTS, calculator_differences, clear_of_kinks, evaluation_rounding_floor,  # noqa: E402
+                      every_nth_frame, prediction_differences, run_gapfit)
 from test_soap import (calc, compare_with_quippy, dense_gradient, finite_difference_gradient, make,  # noqa: E402
                        run_seed)
 
@@ -238,15 +238,16 @@ def test_dimensions_of_the_spec():
     assert make(BASE + "K=3 mix_shift=4").compression is None  # ignored without R_mix/Z_mix: the plain spectrum
 
 
-def spread_structure(rng, min_distance=1.2):
+def spread_structure(rng, min_distance=1.2, kinks=(2.4, 3.2)):
     """Five atoms (C, O, Si) in a random periodic cell, no two closer than ``min_distance`` (Å): close contacts
-    make the higher derivatives, and so the finite differences' truncation error, large."""
+    make the higher derivatives, and so the finite differences' truncation error, large; and no distance
+    within 1e-3 Å of the cutoff function's ``kinks`` (conftest.clear_of_kinks)."""
     cell = (np.eye(3) + rng.uniform(-0.2, 0.2, (3, 3))) * 3.6
     while True:
         atoms = ase.Atoms(numbers=rng.permutation([6, 8, 14, 14, 6]), positions=rng.random((5, 3)) @ cell, cell=cell,
                           pbc=True)
         d = atoms.get_all_distances(mic=True)
-        if d[np.triu_indices(5, 1)].min() >= min_distance:
+        if d[np.triu_indices(5, 1)].min() >= min_distance and clear_of_kinks(atoms, kinks):
             return atoms
 
 
