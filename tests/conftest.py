@@ -89,6 +89,17 @@ def prediction_differences(xml_a, xml_b, frames):
     return de, df
 
 
+def ulp_moved(frames, rng):
+    """Copies of ``frames`` (their labels kept) with every position moved by ±1 ulp (random signs)."""
+    moved = []
+    for atoms in frames:
+        m = atoms.copy()
+        m.calc = atoms.calc
+        m.positions = atoms.positions * (1.0 + rng.choice([-1.0, 1.0], atoms.positions.shape) * 2.0 ** -52)
+        moved.append(m)
+    return moved
+
+
 def positions_rounding_floor(folder, held_out, n=3, config="sparse.xml.fit.cfg", reference="gapfit.xml",
                              train="train.xyz"):
     """The rounding floor of an ill-conditioned fit: the largest change of gapfit's predictions on
@@ -105,13 +116,7 @@ def positions_rounding_floor(folder, held_out, n=3, config="sparse.xml.fit.cfg",
     os.chdir(folder)
     try:
         for seed in range(n):
-            rng = np.random.default_rng(seed)
-            moved = []
-            for atoms in frames:
-                m = atoms.copy()
-                m.calc = atoms.calc
-                m.positions = atoms.positions * (1.0 + rng.choice([-1.0, 1.0], atoms.positions.shape) * 2.0 ** -52)
-                moved.append(m)
+            moved = ulp_moved(frames, np.random.default_rng(seed))
             GapFit(f"config_file={config}", gp_file=str(folder / f"moved{seed}.xml"), training_errors=False,
                    quiet=True).fit(moved)
             e, f = prediction_differences(folder / reference, folder / f"moved{seed}.xml", held_out)

@@ -48,7 +48,7 @@ from gapfit.model.gap_xml import read_model
 
 from openblas_kernels import kernel_environments
 from conftest import (CORE_DATA, TA_XYZ, calculator_differences, config_words, evaluation_rounding_floor,
-                      prediction_differences, same_environment, same_sparse_points)
+                      prediction_differences, same_environment, same_sparse_points, ulp_moved)
 
 pytestmark = pytest.mark.oracle
 
@@ -244,13 +244,7 @@ def _fit_rounding_floor(folder, held_out, config, train, monkeypatch, n=4):
     worst_e = worst_f = 0.0
     for seed in range(n):
         rng = np.random.default_rng(seed)
-        moved = []
-        for atoms in frames:
-            m = atoms.copy()
-            m.calc = atoms.calc
-            signs = rng.choice([-1.0, 1.0], atoms.positions.shape)
-            m.positions = np.nextafter(atoms.positions, atoms.positions + signs * np.inf)
-            moved.append(m)
+        moved = ulp_moved(frames, rng)
 
         def perturbed(s, rng=rng):
             signs = np.triu(rng.choice([-1.0, 1.0], s.shape))

@@ -29,33 +29,12 @@ from ..kernels.covariance import Coordinate
 from ..kernels.functions import make_kernel
 from ..linalg.serial import qr_flops, sampled_qr_rate
 from ..linalg.triangular import TriangularFactor
+from ..runtime.parallel import SerialComm
+from ..runtime.report import Reporter
 from ..solve.rows import RowPlan, kernel_row_chunks
 
 #: atoms of rank 0's frames the estimate runs the fit's code on
 SAMPLE_ATOMS = 1500
-
-
-class _Quiet:
-    """A reporter that prints nothing (the producer's progress on the sample)."""
-
-    rank, size = 0, 1
-
-    def progress(self, *args, **kwargs):
-        return _NoProgress()
-
-
-class _NoProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, *args, **kwargs):
-        pass
-
-    def close(self):
-        pass
 
 
 def _sample(data, atoms: int) -> np.ndarray:
@@ -136,7 +115,7 @@ def wall_time_estimate(config, setup, data, comm, log, m_per_coordinate, instanc
                    chunk_bytes=config.solver.chunk_bytes)
     stats: dict = {}
     start = time.perf_counter()
-    sample_rows = sum(k.shape[0] for k, *_ in kernel_row_chunks(plan, frames, _Quiet(), stats, 1))
+    sample_rows = sum(k.shape[0] for k, *_ in kernel_row_chunks(plan, frames, Reporter(SerialComm(), quiet=True), stats, 1))
     rows_seconds = time.perf_counter() - start
     n_atoms = np.array([e.n_atoms for e in data.entries], dtype=np.int64)
     sample_atoms = max(int(n_atoms[frames].sum()), 1)
